@@ -174,6 +174,7 @@ class SeedRationale:
     laterality: Optional[str] = None
     zone: Optional[str] = None
     size_mm: Optional[tuple[float, float]] = None
+    organs_examined: tuple[str, ...] = ()  # for a negative image: the structures the "no finding" covers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +203,8 @@ class SynthInput:
       seed: the seed rationale of the target lesion (its `box_norm` is the box the CoT must cite).
       image_lesions: seed rationales of *all* lesions of this image (the target included), so a Medium/Hard
         question can name what it asks about or its answer can cover every lesion.
-      class_vocab: every lesion class of the dataset (for absent-class closed questions).
+      class_vocab: the lesion classes of this image's modality in the dataset (for absent-class closed
+        questions: a chest radiograph is not asked about kidney cysts).
       key: a stable string (the salted image id + lesion index) that seeds every random choice.
       pixels: the image (uint8) for backends that send it to a VLM; templates ignore it.
     """

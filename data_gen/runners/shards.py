@@ -1,0 +1,134 @@
+"""The shard plan and the per-shard bookkeeping that both runners share.
+
+A build is a list of `ShardSpec`s (a split, a shard number and the images that go into it), planned
+deterministically from the adapter's items. A shard is finished when its `.tfrecord`, its `.index` and its
+`.summary.json` exist under their final names (each written to a temporary name and renamed), so a re-run skips
+finished shards and redoes only the rest. The summary holds the shard's counts and rejects, from which
+`dataset_info.json` and `rejects.jsonl` are assembled without reading the records again.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Iterable
+
+from data_gen import splits
+from data_gen.pipeline import ConvertResult
+from data_gen.types import ImageItem
+
+SUMMARY_SUFFIX = ".summary.json"
+
+
+@dataclasses.dataclass
+class ShardSpec:
+    split: str
+    index: int
+    num_shards: int
+    items: list[ImageItem]
+
+    @property
+    def filename(self) -> str:
+        return f"{self.split}-{self.index:05d}-of-{self.num_shards:05d}.tfrecord"
+
+
+def plan_shards(items: Iterable[ImageItem], cfg) -> list[ShardSpec]:
+    """Groups items into shards: per split, ordered by pseudonymous id, about `records_per_shard` records each."""
+    by_split: dict[str, list[tuple[str, ImageItem]]] = collections.defaultdict(list)
+    for item in items:
+        split = splits.patient_split(cfg.salt, item.source, item.patient_key, cfg.split.val, cfg.split.test)
+        by_split[split].append((splits.pseudonymous_id(cfg.salt, item.source, item.image_key), item))
+    target = max(1, int(cfg.write.records_per_shard))
+    specs = []
+    for split in splits.SPLITS:
+        members = sorted(by_split.get(split, []), key=lambda kv: kv[0])
+        groups: list[list[ImageItem]] = []
+        current: list[ImageItem] = []
+        count = 0
+        for _, item in members:
+            current.append(item)
+            count += max(1, len(item.lesions))
+            if count >= target:
+                groups.append(current)
+                current, count = [], 0
+        if current:
+            groups.append(current)
+        specs += [ShardSpec(split, i, len(groups), g) for i, g in enumerate(groups)]
+    return specs
+
+
+def build_fingerprint(cfg, specs: list[ShardSpec]) -> str:
+    """Hash of the config and the shard plan: a resumed build must be the same build."""
+    h = hashlib.sha256(cfg.to_json(sort_keys=True).encode())
+    for s in specs:
+        h.update(s.filename.encode())
+        for item in s.items:
+            h.update(f"{item.source}\x1f{item.image_key}\x1f{len(item.lesions)}\x1f{item.negative}".encode())
+    return h.hexdigest()[:24]
+
+
+def is_finished(out_dir: str, spec: ShardSpec) -> bool:
+    base = os.path.join(out_dir, spec.filename)
+    return all(os.path.exists(p) for p in (base, base + ".index", base + SUMMARY_SUFFIX))
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) -> dict[str, Any]:
+    """Writes the shard's records (in plan order), its index and its summary; returns the summary."""
+    from data_gen.write import encode_example, write_shard_file
+
+    payloads = []
+    counts: collections.Counter = collections.Counter()
+    per_domain: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    classes: collections.Counter = collections.Counter()
+    organs: collections.Counter = collections.Counter()
+    stats: collections.Counter = collections.Counter()
+    rejects = []
+    for item, res in zip(spec.items, results):
+        counts["images_in"] += 1
+        counts["lesions_in"] += len(item.lesions)
+        stats.update(res.stats)
+        rejects += [r.to_json() for r in res.rejects]
+        counts["lesions_rejected"] += sum(r.kind == "lesion" for r in res.rejects)
+        if res.written:
+            counts["images_written"] += 1
+        else:
+            counts["images_rejected"] += 1
+        for ex in res.examples:
+            payloads.append(encode_example(ex))
+            counts["records"] += 1
+            is_negative = not ex["lesion/box"]
+            counts["negative_records" if is_negative else "lesion_records"] += 1
+            stages = ("easy", "medium") if ex["curriculum/pool"] == "easy_medium" else ("hard",)
+            for stage in stages:
+                per_domain[ex["domain"]][stage] += 1
+            classes[ex["lesion/class"]] += 1
+            organs[ex["lesion/organ"]] += 1
+    path = os.path.join(out_dir, spec.filename)
+    write_shard_file(path, payloads)
+    summary = {
+        "shard": spec.filename,
+        "split": spec.split,
+        "counts": dict(counts),
+        "domains": {d: dict(c) for d, c in sorted(per_domain.items())},
+        "classes": dict(classes),
+        "organs": dict(organs),
+        "stats": dict(stats),
+        "rejects": rejects,
+    }
+    _atomic_write_text(path + SUMMARY_SUFFIX, json.dumps(summary, sort_keys=True))
+    return summary
+
+
+def load_summary(out_dir: str, spec: ShardSpec) -> dict[str, Any]:
+    with open(os.path.join(out_dir, spec.filename + SUMMARY_SUFFIX)) as f:
+        return json.load(f)
