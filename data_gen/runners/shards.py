@@ -71,8 +71,10 @@ def build_fingerprint(cfg, specs: list[ShardSpec]) -> str:
 
 
 def is_finished(out_dir: str, spec: ShardSpec) -> bool:
+    from data_gen.write import index_path
+
     base = os.path.join(out_dir, spec.filename)
-    return all(os.path.exists(p) for p in (base, base + ".index", base + SUMMARY_SUFFIX))
+    return all(os.path.exists(p) for p in (base, index_path(base), base + SUMMARY_SUFFIX))
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -84,7 +86,7 @@ def _atomic_write_text(path: str, text: str) -> None:
 
 def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) -> dict[str, Any]:
     """Writes the shard's records (in plan order), its index and its summary; returns the summary."""
-    from data_gen.write import encode_example, write_shard_file
+    from data_gen.write import encode_example, write_shard
 
     payloads = []
     counts: collections.Counter = collections.Counter()
@@ -114,7 +116,7 @@ def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) ->
             classes[ex["lesion/class"]] += 1
             organs[ex["lesion/organ"]] += 1
     path = os.path.join(out_dir, spec.filename)
-    write_shard_file(path, payloads)
+    write_shard(out_dir, spec.split, spec.index, spec.num_shards, payloads)
     summary = {
         "shard": spec.filename,
         "split": spec.split,
