@@ -1,0 +1,447 @@
+"""Lesion box -> host organ, scored by the organ masks themselves, plus where in the organ the lesion lies.
+
+The authors' code scored each organ by the IoU between the lesion box and the organ mask's *bounding box*, which
+prefers small structures whose box happens to match the lesion (a rib over the lung that holds 86% of the lesion).
+Here an organ's score is its **containment**: the fraction of the lesion box's pixels that the mask covers.
+
+Rules (all deterministic):
+  1. Pixels of a box: a float pixel box `(x1, y1, x2, y2)` covers columns `floor(x1) .. ceil(x2) - 1` and rows
+     `floor(y1) .. ceil(y2) - 1` (clipped to the image; at least one pixel).
+  2. The best organ has the highest containment; ties (within 1e-6) go to the most specific structure along the
+     part-of hierarchy (a tied structure yields to a tied part of it: a zone/lobe over its lung, the lung over
+     "lungs"), then the higher IoU(box, mask), then the name. Depth (`names.specificity`) is not compared across
+     branches: it reflects how finely a vocabulary divides a region, not which structure hosts the lesion.
+  3. Radiographs (projection): every lesion projects over ribs, clavicles, scapulae, breast shadows and the body
+     outline (`names.is_overlay`). When an organ that is not such an overlay reaches `min_score` and comes within
+     `cfg.overlay_tolerance` (default 0.2) of the best containment, only such organs compete: a nodule wholly
+     inside both the right upper zone and the 4th rib's shadow is in the zone. Axial images have no overlays.
+  4. Prefer specific (`cfg.prefer_specific`, default True): while a part of the chosen structure (a zone or lobe of
+     the chosen lung, ...) also reaches `min_score` and its containment is within `cfg.specific_tolerance`
+     (default 0.1) of the containment chosen by rules 2-3, the part is chosen instead. A nodule 95% inside the
+     right upper zone and 100% inside the right lung is reported in the zone; a mass straddling two zones
+     (60% / 40%) stays in the lung, with its zone taken from geometry.
+  5. Below `cfg.min_score` (default 0.1): the nearest organ whose mask lies within `cfg.max_distance_mm` of the
+     box (pixel-centre to box distance, anisotropic spacing respected), or within `cfg.max_distance_px` when the
+     spacing is unknown (default: 5% of the image's long side); method "nearest", score 0, distance recorded;
+     equal distances go to the deeper structure (`names.specificity`), then the name. Otherwise "unknown"
+     (method "none").
+  Organs that are lesions themselves (TotalSegmentator's kidney cysts) never host a lesion.
+
+Location:
+  * laterality: the host's own side when its name has one ("left kidney"); else the box centre against the
+    midline: halfway between the two lungs' medial borders when both lungs are segmented, else the centre of the
+    body (or lungs) mask, else the image centre. `image.col_direction` says which patient side the columns run
+    to: 'L' (the display convention for frontal radiographs and axial CT) means image-left is patient-right; 'R'
+    flips it. A box that straddles the midline with its centre within a quarter of its width of it is "midline".
+    On a lateral radiograph (`image.view` LL/RL/LATERAL) the columns run anterior-posterior: laterality is the
+    host's named side or None.
+  * zone: upper/middle/lower third of the host's vertical extent, by box centre, on projection radiographs only
+    (on an axial slice rows run anterior -> posterior, so thirds would not be zones); a zone host names its own.
+  * size_mm: box width and height in mm when the pixel spacing is known.
+  * location text: "right upper zone", "right lung base", "right lower lobe", "right upper zone" for a lesion in
+    the right lung on a radiograph, "left lobe of liver" (liver lobes approximated: see `_liver_lobe`),
+    "lower pole of left kidney", else the host's name; "near ..." for the nearest-organ fallback.
+
+Speed: the only full-resolution work is counting mask pixels inside the boxes. For the usual few boxes per image
+the counts come from the box crops of all K masks at once (8 pixels per popcount): at 2048 x 2048 with 159 masks
+a summed-area table of every mask would read all 667 MB of masks and write 2.7 GB of int32, while ten lesion
+crops read a few percent of it. When the boxes' total area
+exceeds `SAT_AREA_FACTOR` image areas, from summed-area tables of the K masks (built in chunks of `SAT_CHUNK`
+masks), read for all N boxes x K organs with one fancy-indexing gather. Mask areas and extents are computed only
+for the organs that need them (IoU ties, hosts, midline).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from data_gen.segment import names as organ_names
+from data_gen.types import LinkResult, LoadedImage, OrganMasks
+
+TIE_EPS = 1e-6
+SAT_AREA_FACTOR = 2.0
+SAT_CHUNK = 16
+DEFAULT_SPECIFIC_TOLERANCE = 0.1
+DEFAULT_OVERLAY_TOLERANCE = 0.2
+DEFAULT_MAX_DISTANCE_FRACTION = 0.05
+AXIAL_MODALITIES = ("ct", "mri", "mr", "pet", "pt", "nm", "spect")
+LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "XTABLE LATERAL")  # DICOM ViewPosition of lateral radiographs
+# Share of the liver's area (from the patient's right) taken as the right lobe on one slice: an approximation of
+# Cantlie's line (the right lobe is about 60% of the liver), used only for the location text.
+LIVER_RIGHT_LOBE_FRACTION = 0.6
+_ZONE_FROM_NAME = (("apical", "upper"), ("upper", "upper"), ("mid", "middle"), ("middle", "middle"),
+                   ("lower", "lower"), ("base", "lower"))
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    try:
+        v = cfg.get(key, default)
+    except AttributeError:
+        v = getattr(cfg, key, default)
+    return default if v is None else v
+
+
+# ---- counting ------------------------------------------------------------------------------------------------------
+
+def pixel_ranges(boxes_px: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Float xyxy boxes `[N, 4]` -> int `[N, 4]` pixel ranges `(r0, r1, c0, c1)`, end-exclusive (rule 1)."""
+    b = np.asarray(boxes_px, np.float64).reshape(-1, 4)
+    c0 = np.clip(np.floor(b[:, 0]), 0, width - 1).astype(np.int64)
+    r0 = np.clip(np.floor(b[:, 1]), 0, height - 1).astype(np.int64)
+    c1 = np.clip(np.ceil(b[:, 2]), 0, width).astype(np.int64)
+    r1 = np.clip(np.ceil(b[:, 3]), 0, height).astype(np.int64)
+    c1 = np.maximum(c1, c0 + 1)
+    r1 = np.maximum(r1, r0 + 1)
+    return np.stack([r0, r1, c0, c1], axis=1)
+
+
+def _crop_counts(masks: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    k = masks.shape[0]
+    out = np.zeros((len(ranges), k), np.int64)
+    fast = hasattr(np, "bitwise_count") and masks.dtype == bool and masks.strides[-1] == 1
+    for i, (r0, r1, c0, c1) in enumerate(ranges.tolist()):
+        if not fast:
+            out[i] = masks[:, r0:r1, c0:c1].reshape(k, -1).sum(axis=1)
+            continue
+        a, b = (c0 + 7) // 8 * 8, c1 // 8 * 8  # 8-aligned middle: one uint64 = 8 bool bytes = popcount
+        if b - a >= 8:
+            mid = masks[:, r0:r1, a:b].view(np.uint64)
+            out[i] = np.bitwise_count(mid).sum(axis=(1, 2), dtype=np.int64)
+            out[i] += masks[:, r0:r1, c0:a].sum(axis=(1, 2), dtype=np.int64)
+            out[i] += masks[:, r0:r1, b:c1].sum(axis=(1, 2), dtype=np.int64)
+        else:
+            out[i] = masks[:, r0:r1, c0:c1].sum(axis=(1, 2), dtype=np.int64)
+    return out
+
+
+def _sat_counts(masks: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    k, h, w = masks.shape
+    r0, r1, c0, c1 = (ranges[:, j] for j in range(4))
+    out = np.zeros((len(ranges), k), np.int64)
+    dtype = np.int32 if h * w < 2**31 else np.int64
+    for s in range(0, k, SAT_CHUNK):
+        chunk = masks[s:s + SAT_CHUNK]
+        sat = np.zeros((chunk.shape[0], h + 1, w + 1), dtype)
+        np.cumsum(chunk, axis=1, dtype=dtype, out=sat[:, 1:, 1:])
+        np.cumsum(sat[:, 1:, 1:], axis=2, out=sat[:, 1:, 1:])
+        # [chunk, N] for all boxes at once: the four corners of every box, gathered by fancy indexing.
+        counts = sat[:, r1, c1] - sat[:, r0, c1] - sat[:, r1, c0] + sat[:, r0, c0]
+        out[:, s:s + chunk.shape[0]] = counts.T
+    return out
+
+
+def box_mask_counts(masks: np.ndarray, ranges: np.ndarray, method: str = "auto") -> np.ndarray:
+    """Mask pixels inside each box: int64 `[N, K]` for bool masks `[K, H, W]` and pixel ranges `[N, 4]`.
+
+    Args:
+      method: 'crop' (box crops of all K masks), 'sat' (summed-area tables) or 'auto' (by total box area).
+    """
+    k, h, w = masks.shape
+    if len(ranges) == 0 or k == 0:
+        return np.zeros((len(ranges), k), np.int64)
+    if method == "auto":
+        area = int(((ranges[:, 1] - ranges[:, 0]) * (ranges[:, 3] - ranges[:, 2])).sum())
+        method = "sat" if area > SAT_AREA_FACTOR * h * w else "crop"
+    if method == "sat":
+        return _sat_counts(masks, ranges)
+    if method == "crop":
+        return _crop_counts(masks, ranges)
+    raise ValueError(f"unknown counting method {method!r}")
+
+
+# ---- per-organ facts, computed on demand -------------------------------------------------------------------------
+
+class _OrganFacts:
+    """Areas and extents of organ masks, each computed once and only when asked for."""
+
+    def __init__(self, masks: np.ndarray):
+        self.masks = masks
+        self._area: dict[int, int] = {}
+        self._rows: dict[int, tuple[int, int]] = {}
+        self._cols: dict[int, tuple[int, int]] = {}
+
+    def area(self, k: int) -> int:
+        if k not in self._area:
+            self._area[k] = int(np.count_nonzero(self.masks[k]))
+        return self._area[k]
+
+    def rows(self, k: int) -> tuple[int, int]:
+        """First and last row holding the mask (inclusive)."""
+        if k not in self._rows:
+            r = np.flatnonzero(self.masks[k].any(axis=1))
+            self._rows[k] = (int(r[0]), int(r[-1])) if len(r) else (0, -1)
+        return self._rows[k]
+
+    def cols(self, k: int) -> tuple[int, int]:
+        if k not in self._cols:
+            c = np.flatnonzero(self.masks[k].any(axis=0))
+            self._cols[k] = (int(c[0]), int(c[-1])) if len(c) else (0, -1)
+        return self._cols[k]
+
+
+# ---- choosing the host ---------------------------------------------------------------------------------------------
+
+def _iou(inter: int, box_area: int, mask_area: int) -> float:
+    union = box_area + mask_area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _best(cands: list[int], score: np.ndarray, names: list[str], inter: np.ndarray, box_area: int,
+          facts: _OrganFacts) -> int:
+    """Highest score; ties (TIE_EPS) -> the most specific along part-of -> highest IoU -> name (rule 2)."""
+    top = max(score[k] for k in cands)
+    tied = [k for k in cands if score[k] >= top - TIE_EPS]
+    if len(tied) > 1:  # drop every tied structure that has a tied part: "right lung" yields to its zone
+        tied = [k for k in tied if not any(organ_names.is_part_of(names[j], names[k]) for j in tied if j != k)]
+    if len(tied) > 1:
+        ious = {k: _iou(int(inter[k]), box_area, facts.area(k)) for k in tied}
+        best_iou = max(ious.values())
+        tied = [k for k in tied if ious[k] >= best_iou - 1e-12]
+    return min(tied, key=lambda k: names[k])
+
+
+def _choose(containment: np.ndarray, inter: np.ndarray, box_area: int, names: list[str], eligible: np.ndarray,
+            overlay: np.ndarray, facts: _OrganFacts, min_score: float, prefer_specific: bool, tolerance: float,
+            overlay_tolerance: Optional[float]) -> Optional[int]:
+    """The host organ index (rules 2-3), or None below `min_score`. `overlay_tolerance` None: no overlay rule."""
+    cands = [k for k in range(len(names)) if eligible[k]]
+    if not cands:
+        return None
+    top = max(containment[k] for k in cands)
+    if top < min_score:
+        return None
+    if overlay_tolerance is not None:
+        floor = max(min_score, top - overlay_tolerance)
+        organs = [k for k in cands if not overlay[k] and containment[k] >= floor]
+        if organs:
+            cands = organs
+    chosen = _best(cands, containment, names, inter, box_area, facts)
+    top = containment[chosen]
+    while prefer_specific:
+        parts = [k for k in cands if containment[k] >= min_score and containment[k] >= top - tolerance
+                 and organ_names.is_part_of(names[k], names[chosen])]
+        if not parts:
+            break
+        chosen = _best(parts, containment, names, inter, box_area, facts)
+    return chosen
+
+
+def _nearest(rng: np.ndarray, box: np.ndarray, masks: np.ndarray, eligible: np.ndarray,
+             spacing: Optional[tuple[float, float]], max_dist: float, names: list[str],
+             spec: np.ndarray) -> Optional[tuple[int, float, Optional[float]]]:
+    """Nearest eligible organ within `max_dist` (mm with spacing, else px): (k, distance px, distance mm)."""
+    _, h, w = masks.shape
+    sr, sc = (spacing if spacing else (1.0, 1.0))
+    reach_r, reach_c = int(math.ceil(max_dist / sr)) + 1, int(math.ceil(max_dist / sc)) + 1
+    r0, r1, c0, c1 = rng.tolist()
+    wr0, wr1 = max(0, r0 - reach_r), min(h, r1 + reach_r)
+    wc0, wc1 = max(0, c0 - reach_c), min(w, c1 + reach_c)
+    x1, y1, x2, y2 = box.tolist()
+    yc = np.arange(wr0, wr1) + 0.5
+    xc = np.arange(wc0, wc1) + 0.5
+    dy = np.maximum(np.maximum(y1 - yc, yc - y2), 0.0)[:, None]
+    dx = np.maximum(np.maximum(x1 - xc, xc - x2), 0.0)[None, :]
+    d_px = np.sqrt(dy ** 2 + dx ** 2).astype(np.float32)
+    d_metric = np.sqrt((dy * sr) ** 2 + (dx * sc) ** 2).astype(np.float32) if spacing else d_px
+    best: list[tuple[float, int, str, int, float]] = []
+    ks = np.flatnonzero(eligible)
+    for s in range(0, len(ks), SAT_CHUNK):
+        idx = ks[s:s + SAT_CHUNK]
+        win = masks[idx, wr0:wr1, wc0:wc1]
+        dm = np.where(win, d_metric[None], np.inf).reshape(len(idx), -1)
+        arg = dm.argmin(axis=1)
+        for j, k in enumerate(idx.tolist()):
+            dist = float(dm[j, arg[j]])
+            if dist <= max_dist:
+                dpx = float(np.where(win[j], d_px, np.inf).min())
+                best.append((round(dist, 6), -int(spec[k]), names[k], k, dpx))
+    if not best:
+        return None
+    dist, _, _, k, dpx = min(best)
+    return k, dpx, (dist if spacing else None)
+
+
+# ---- location ------------------------------------------------------------------------------------------------------
+
+def _midline(names: list[str], facts: _OrganFacts, width: int) -> float:
+    """Column of the patient's midline (see the module docstring)."""
+    extents = []
+    for lung in ("right lung", "left lung"):
+        ks = [k for k, n in enumerate(names) if n == lung or organ_names.is_part_of(n, lung)]
+        cols = [facts.cols(k) for k in ks]
+        cols = [c for c in cols if c[1] >= c[0]]
+        if cols:
+            extents.append((min(c[0] for c in cols), max(c[1] for c in cols)))
+    if len(extents) == 2:
+        (a0, a1), (b0, b1) = extents
+        if a1 < b0 or b1 < a0:  # the two lungs side by side: halfway between their medial borders
+            return (min(a1, b1) + max(a0, b0) + 1) / 2.0
+    index = {n: k for k, n in enumerate(names)}
+    for n in ("body", "lungs"):
+        if n in index:
+            c0, c1 = facts.cols(index[n])
+            return (c0 + c1 + 1) / 2.0
+    return width / 2.0
+
+
+def _side_of_column(x: float, midline: float, col_direction: str) -> str:
+    image_left = x < midline
+    if str(col_direction).upper() == "R":  # columns run towards the patient's right: image-left is patient-left
+        return "left" if image_left else "right"
+    return "right" if image_left else "left"
+
+
+def _laterality(organ: Optional[str], box: np.ndarray, midline: float, col_direction: str,
+                lateral_view: bool = False) -> Optional[str]:
+    named = organ_names.side(organ) if organ else None
+    if named or lateral_view:  # a lateral radiograph's columns run anterior-posterior: no side from geometry
+        return named
+    x1, _, x2, _ = box.tolist()
+    cx = (x1 + x2) / 2.0
+    if x1 < midline < x2 and abs(cx - midline) <= 0.25 * (x2 - x1):
+        return "midline"
+    return _side_of_column(cx, midline, col_direction)
+
+
+def _zone_from_name(organ: str) -> Optional[str]:
+    words = organ.split()
+    if "zone" not in words and "base" not in words:
+        return None
+    for word, zone in _ZONE_FROM_NAME:
+        if word in words:
+            return zone
+    return None
+
+
+def _zone(k: int, organ: str, box: np.ndarray, facts: _OrganFacts) -> str:
+    named = _zone_from_name(organ)
+    if named:
+        return named
+    top, bottom = facts.rows(k)
+    cy = (box[1] + box[3]) / 2.0
+    t = (cy - top) / max(bottom + 1 - top, 1)
+    return "upper" if t < 1 / 3 else ("middle" if t < 2 / 3 else "lower")
+
+
+def _liver_lobe(k: int, box: np.ndarray, masks: np.ndarray, col_direction: str) -> str:
+    """'right lobe of liver' / 'left lobe of liver': the box centre against the column where
+    LIVER_RIGHT_LOBE_FRACTION of the liver's area, counted from the patient's right, is reached."""
+    col_area = masks[k].sum(axis=0).astype(np.float64)
+    if str(col_direction).upper() == "R":
+        col_area = col_area[::-1]
+    cum = np.cumsum(col_area)
+    split = float(np.searchsorted(cum, LIVER_RIGHT_LOBE_FRACTION * cum[-1]))
+    cx = (box[0] + box[2]) / 2.0
+    if str(col_direction).upper() == "R":
+        cx = masks.shape[2] - cx
+    return "right lobe of liver" if cx < split else "left lobe of liver"
+
+
+_ZONE_WORD = {"upper": "upper", "middle": "mid", "lower": "lower"}
+_BILATERAL = {"body", "bone", "skeleton", "thoracic cage", "ribs", "breasts", "diaphragm", "pelvis"}
+
+
+def _location(organ: str, k: int, box: np.ndarray, laterality: Optional[str], zone: Optional[str], masks: np.ndarray,
+              col_direction: str) -> str:
+    if organ.endswith(" zone of lung"):
+        return organ[: -len(" of lung")]
+    if organ.endswith(" lobe of lung"):
+        return organ[: -len(" of lung")]
+    if organ in ("right lung", "left lung", "lungs"):
+        side = organ_names.side(organ) or laterality
+        if zone:
+            prefix = f"{side} " if side in ("right", "left") else ""
+            return f"{prefix}{_ZONE_WORD[zone]} zone"
+        return f"{side} lung" if side in ("right", "left") else "lungs"
+    if organ == "liver":
+        return _liver_lobe(k, box, masks, col_direction)
+    if organ in ("right kidney", "left kidney") and zone:
+        return f"{zone} pole of {organ}" if zone != "middle" else f"interpolar region of {organ}"
+    if organ in _BILATERAL and laterality in ("right", "left"):
+        return f"{organ} ({laterality} side)"
+    return organ
+
+
+# ---- entry point ---------------------------------------------------------------------------------------------------
+
+def link_lesions(boxes_px: np.ndarray, masks: OrganMasks, image: LoadedImage, cfg: Any = None) -> list[LinkResult]:
+    """Host organ and location of every lesion box of one image.
+
+    Args:
+      boxes_px: float `[N, 4]` pixel xyxy boxes on `image.pixels`' grid.
+      masks: the image's organ masks (bool `[K, H, W]` on the same grid, display names).
+      image: the loaded image (size, modality, `spacing_mm` (row, col), `col_direction`).
+      cfg: the `link` ConfigDict: min_score (0.1), max_distance_mm (30.0), max_distance_px (no spacing; default 5%
+        of the long side), prefer_specific (True), specific_tolerance (0.1), overlay_tolerance (0.2).
+
+    Returns:
+      One LinkResult per box, in order.
+    """
+    boxes = np.asarray(boxes_px, np.float64).reshape(-1, 4)
+    h, w = image.height, image.width
+    names = list(masks.names)
+    k_all = len(names)
+    m = masks.masks if k_all else np.zeros((0, h, w), bool)
+    if k_all and m.shape[1:] != (h, w):
+        raise ValueError(f"masks are {m.shape[1:]} but the image is {(h, w)}; load_masks resamples them")
+    min_score = float(_get(cfg, "min_score", 0.1))
+    prefer_specific = bool(_get(cfg, "prefer_specific", True))
+    tolerance = float(_get(cfg, "specific_tolerance", DEFAULT_SPECIFIC_TOLERANCE))
+    overlay_tolerance = float(_get(cfg, "overlay_tolerance", DEFAULT_OVERLAY_TOLERANCE))
+    spacing = tuple(float(s) for s in image.spacing_mm) if image.spacing_mm else None
+    if spacing:
+        max_dist = float(_get(cfg, "max_distance_mm", 30.0))
+    else:
+        max_dist = float(_get(cfg, "max_distance_px", DEFAULT_MAX_DISTANCE_FRACTION * max(h, w)))
+    radiograph = str(image.modality).lower() not in AXIAL_MODALITIES
+    lateral_view = str(image.view or "").strip().upper() in LATERAL_VIEWS
+
+    ranges = pixel_ranges(boxes, h, w)
+    box_area = (ranges[:, 1] - ranges[:, 0]) * (ranges[:, 3] - ranges[:, 2])
+    inter = box_mask_counts(m, ranges)
+    containment = inter / box_area[:, None]
+    spec = np.asarray([organ_names.specificity(n) for n in names], np.int64)
+    eligible = np.asarray([organ_names.is_host_candidate(n) for n in names], bool)
+    overlay = np.asarray([organ_names.is_overlay(n) for n in names], bool)
+    facts = _OrganFacts(m)
+    midline: Optional[float] = None
+
+    results = []
+    for i in range(len(boxes)):
+        box = boxes[i]
+        k = _choose(containment[i], inter[i], int(box_area[i]), names, eligible, overlay, facts, min_score,
+                    prefer_specific, tolerance, overlay_tolerance if radiograph else None) if k_all else None
+        method, score, d_px, d_mm = "containment", 0.0, 0.0, None
+        if k is not None:
+            score = float(containment[i, k])
+        elif k_all and eligible.any():
+            near = _nearest(ranges[i], box, m, eligible, spacing, max_dist, names, spec)
+            if near is not None:
+                k, d_px, d_mm = near
+                method = "nearest"
+        if midline is None:
+            midline = _midline(names, facts, w)
+        size = None
+        if spacing:
+            size = (round((box[2] - box[0]) * spacing[1], 1), round((box[3] - box[1]) * spacing[0], 1))
+        if k is None:
+            lat = _laterality(None, box, midline, image.col_direction, lateral_view)
+            loc = f"{lat} side" if lat in ("right", "left") else (lat or "")
+            results.append(LinkResult(organ=organ_names.UNKNOWN, score=0.0, method="none", laterality=lat,
+                                      zone=None, location=loc, size_mm=size))
+            continue
+        organ = names[k]
+        lat = _laterality(organ, box, midline, image.col_direction, lateral_view)
+        zone = _zone(k, organ, box, facts) if radiograph else _zone_from_name(organ)
+        loc = _location(organ, k, box, lat, zone, m, image.col_direction)
+        if method == "nearest":
+            loc = f"near {loc}"
+        results.append(LinkResult(organ=organ, score=score, method=method, distance_px=round(d_px, 3),
+                                  distance_mm=(round(d_mm, 3) if d_mm is not None else None), laterality=lat,
+                                  zone=zone, location=loc, size_mm=size))
+    return results
