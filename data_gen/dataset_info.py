@@ -35,8 +35,11 @@ def _add(into: collections.Counter, d: dict[str, int]) -> None:
 def assemble(cfg, summaries: list[dict[str, Any]], adapter_stats: dict[str, int], adapter_rejects: list[dict],
              generator: dict[str, Any]) -> dict[str, Any]:
     """Merges shard summaries into the dataset_info dict (without the rejects themselves)."""
-    totals: collections.Counter = collections.Counter()
-    per_split: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    from data_gen.runners.shards import COUNT_KEYS
+
+    totals: collections.Counter = collections.Counter({k: 0 for k in COUNT_KEYS})
+    per_split: dict[str, collections.Counter] = collections.defaultdict(
+        lambda: collections.Counter({k: 0 for k in COUNT_KEYS}))
     domains: dict[str, dict[str, collections.Counter]] = collections.defaultdict(
         lambda: collections.defaultdict(collections.Counter))
     classes: collections.Counter = collections.Counter()

@@ -118,6 +118,25 @@ def _load_masks(item: ImageItem, image: LoadedImage, cfg, result: ConvertResult)
 
 
 def convert_image(item: ImageItem, cfg, class_vocab: dict[str, list[str]], synthesizer=None) -> ConvertResult:
+    """Converts one image; never lets one image crash a batch.
+
+    Bad input data arrives as `InputError` and becomes a reject with its reason inside `_convert`; anything else
+    (a decoder crashing on a malformed file, a bug) also becomes a reject, `unexpected_error:<type>`, with the
+    message, so a batch run skips it, counts it and reports it.
+    """
+    try:
+        return _convert(item, cfg, class_vocab, synthesizer)
+    except Exception as e:  # noqa: BLE001 - the batch contract: skip, count, report
+        image_id = splits.pseudonymous_id(cfg.salt, item.source, item.image_key)
+        ref = f"{item.source}:{image_id}"
+        reason = f"unexpected_error:{type(e).__name__}"
+        result = ConvertResult(image_id=image_id)
+        result.rejects.append(Reject("image", ref, reason, str(e)[:500]))
+        result.rejects += [Reject("lesion", f"{ref}:{les.row}", "image_rejected", reason) for les in item.lesions]
+        return result
+
+
+def _convert(item: ImageItem, cfg, class_vocab: dict[str, list[str]], synthesizer=None) -> ConvertResult:
     """Converts one detection image into its curriculum records.
 
     Args:
@@ -207,7 +226,8 @@ def convert_image(item: ImageItem, cfg, class_vocab: dict[str, list[str]], synth
             "image/modality": image.modality,
             "image/source": item.source,
             "lesion/class": seed.lesion_class,
-            "lesion/box": [float(v) for v in seed.box_norm] if seed.box_norm is not None else [],
+            "lesion/box": (np.asarray(seed.box_norm, np.float32) if seed.box_norm is not None
+                           else np.zeros(0, np.float32)),
             "lesion/organ": lk.organ if lk is not None else "none",
             "lesion/organ_score": float(lk.score) if lk is not None else 0.0,
             "lesion/organ_method": lk.method if lk is not None else "none",

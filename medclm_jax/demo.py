@@ -42,8 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\none record of {first}:")
     for key in ("domain", "lesion/class", "lesion/box", "lesion/organ", "lesion/location", "rationale/seed",
                 "easy/question", "easy/cot", "easy/answer", "medium/question", "hard/question", "hard/answer"):
-        value = ex.get(key)
-        print(f"  {key:<16} {value.decode() if isinstance(value, bytes) else value}")
+        values = [v.decode() if isinstance(v, bytes) else round(v, 3) for v in ex.get(key, [])]
+        print(f"  {key:<16} {values[0] if len(values) == 1 else values}")
     return 0
 
 

@@ -21,6 +21,8 @@ from data_gen.pipeline import ConvertResult
 from data_gen.types import ImageItem
 
 SUMMARY_SUFFIX = ".summary.json"
+COUNT_KEYS = ("images_in", "images_written", "images_rejected", "lesions_in", "lesion_records", "lesions_rejected",
+              "negative_records", "records")
 
 
 @dataclasses.dataclass
@@ -89,7 +91,7 @@ def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) ->
     from data_gen.write import encode_example, write_shard
 
     payloads = []
-    counts: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter({k: 0 for k in COUNT_KEYS})
     per_domain: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     classes: collections.Counter = collections.Counter()
     organs: collections.Counter = collections.Counter()
@@ -108,7 +110,7 @@ def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) ->
         for ex in res.examples:
             payloads.append(encode_example(ex))
             counts["records"] += 1
-            is_negative = not ex["lesion/box"]
+            is_negative = len(ex["lesion/box"]) == 0
             counts["negative_records" if is_negative else "lesion_records"] += 1
             stages = ("easy", "medium") if ex["curriculum/pool"] == "easy_medium" else ("hard",)
             for stage in stages:
@@ -120,7 +122,7 @@ def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) ->
     summary = {
         "shard": spec.filename,
         "split": spec.split,
-        "counts": dict(counts),
+        "counts": {k: counts[k] for k in COUNT_KEYS},
         "domains": {d: dict(c) for d, c in sorted(per_domain.items())},
         "classes": dict(classes),
         "organs": dict(organs),
