@@ -145,6 +145,9 @@ def test_patient_level_splits_and_whole_image_pools(raw, built):
     cfg = _cfg(raw)
     items = get_adapter(cfg.adapter.name)(cfg.adapter).items
     patient_of = {pseudonymous_id(cfg.salt, it.source, it.image_key): it.patient_key for it in items}
+    cxr_patients = [it.patient_key for it in items if it.source == "phantom_cxr"]
+    assert all(p.startswith("dicom:") for p in cxr_patients), "CXR patient keys come from the DICOM PatientID"
+    assert len(set(cxr_patients)) < len(cxr_patients), "the phantom has patients with several studies"
     split_of_patient, pool_of_image = {}, {}
     for _, ex in _all_records(out):
         image_id = _first(ex, "image/id")

@@ -58,7 +58,8 @@ def load(cfg: Any) -> AnnotationSet:
             os.path.join(cxr_dir, "annotations.csv"), root=root, image_dir=os.path.join(cxr_dir, "images"),
             image_ext=".dicom", class_map=ClassMap(table), merge=str(opts.get("merge", "iou")),
             merge_iou=float(opts.get("merge_iou", 0.5)), source="phantom_cxr", modality="xray",
-            mask_dir=os.path.join(cxr_dir, "masks"), adapter="phantom")
+            mask_dir=os.path.join(cxr_dir, "masks"), adapter="phantom",
+            patient_from_dicom=str(opts.get("patient_key", "dicom")) == "dicom")
     ct_dir = os.path.join(root, "ct")
     if os.path.isdir(ct_dir) or meta.get("n_ct", 1):
         type_map = dict(classes.PHANTOM_CT_TYPES)

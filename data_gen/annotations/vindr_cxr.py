@@ -8,7 +8,8 @@ Each row is one radiologist's box (pixels, xyxy, on the DICOM's pixel grid) or a
 fields. An image is negative when it has "No finding" rows and no valid box from any reader. With
 `options.merge='iou'` same-class boxes whose IoU is >= `options.merge_iou` are merged into their mean (see
 `merge.py`); `'none'` keeps every reader's box. The test-split CSV (consensus boxes) has no `rad_id`; it is
-optional. VinDr images are de-identified per image and carry no patient id, so the image id is the patient key.
+optional. VinDr images are de-identified per image and carry no patient id, so the image id is the patient key
+(`options.patient_key='dicom'` reads PatientID from each header instead).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ MERGE_MODES = ("iou", "none")
 def parse_vindr_csv(csv_path: str, *, root: str, image_dir: str, image_ext: str, class_map: ClassMap,
                     merge: str = "iou", merge_iou: float = 0.5, source: str = "vindr_cxr",
                     modality: Optional[str] = "xray", mask_dir: Optional[str] = None,
-                    adapter: str = "vindr_cxr") -> AnnotationSet:
+                    adapter: str = "vindr_cxr", patient_from_dicom: bool = False) -> AnnotationSet:
     """Parses a VinDr-style CSV (also the phantom's CXR part).
 
     Args:
@@ -46,6 +47,8 @@ def parse_vindr_csv(csv_path: str, *, root: str, image_dir: str, image_ext: str,
       source, modality: copied to every item.
       mask_dir: when set, `item.mask_ref = mask_dir/<image_id>` (the phantom's per-image mask folders).
       adapter: name used in messages.
+      patient_from_dicom: take the patient key from each DICOM's PatientID (several studies per patient)
+        instead of the image id.
 
     Returns:
       the AnnotationSet (see `base.py` for the stats keys).
@@ -95,7 +98,12 @@ def parse_vindr_csv(csv_path: str, *, root: str, image_dir: str, image_ext: str,
             if len(item.lesions) > 1:
                 item.lesions, absorbed = merge_reader_boxes(item.lesions, merge_iou)
                 col.count("merged_boxes", absorbed)
-    return col.finish()
+    result = col.finish()
+    if patient_from_dicom:
+        from data_gen.annotations.dicom_keys import patient_keys_from_dicom
+
+        patient_keys_from_dicom(result.items, result.stats)
+    return result
 
 
 def load(cfg: Any) -> AnnotationSet:
@@ -113,4 +121,5 @@ def load(cfg: Any) -> AnnotationSet:
         source=cfg_get(cfg, "source", "vindr_cxr"),
         modality=cfg_get(cfg, "modality", "xray"),
         mask_dir=resolve(root, cfg_get(cfg, "mask_dir")) if cfg_get(cfg, "mask_dir") else None,
+        patient_from_dicom=str(opts.get("patient_key", "image_id")) == "dicom",
     )
