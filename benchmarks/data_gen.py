@@ -10,8 +10,13 @@ inputs for both linkers:
   * ours, `data_gen.link.link_lesions` on the same masks as `OrganMasks` holds them (bool, binarized once when
     the masks were read).
 
+Build throughput (second part): `medclm-data build` on phantom data (DICOM radiographs + DeepLesion-style CT),
+images/s with 1 and 2 worker processes, and where one image's time goes (decode = reading + windowing the DICOM /
+PNG, masks = reading + resampling organ masks, link, synth, encode = PNG encoding of the stored image; the
+"conversion" proper is everything but decode and encode).
+
 Run: `python benchmarks/data_gen.py` (or `python -m benchmarks.data_gen`), options --size 2048 --masks 159
---lesions 10 --images 3 --baseline-images 1.
+--lesions 10 --images 3 --baseline-images 1 --build-images 48 --skip-link / --skip-build.
 """
 
 from __future__ import annotations
@@ -192,6 +197,91 @@ def print_table(title: str, rows: list[dict]) -> None:
               f"{r.get('note', '')}")
 
 
+# ---- build throughput ----------------------------------------------------------------------------------------
+
+
+def bench_build(n_images: int = 48, workers: Sequence[int] = (1, 2), seed: int = 0) -> tuple[list[dict], dict]:
+    """Times `run_build` on phantom data per worker count, then profiles one in-process pass by stage."""
+    import collections
+    import tempfile
+
+    import configs
+    import data_gen.io
+    import data_gen.link
+    import data_gen.pipeline
+    import data_gen.segment
+    from data_gen import phantom, synth
+    from data_gen.build import _load_adapter, class_vocabulary, run_build
+    from medclm_jax.config_file import load_config
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = os.path.join(tmp, "raw")
+        phantom.write_phantom(raw, n_images, seed=seed)
+        cfg = load_config(os.path.join(os.path.dirname(configs.__file__), "data", "phantom.py") + f":root={raw}",
+                          ["write.records_per_shard=8"])
+        for w in workers:
+            t0 = time.perf_counter()
+            info = run_build(cfg, os.path.join(tmp, f"out{w}"), workers=w, progress=False)
+            dt = time.perf_counter() - t0
+            rows.append({"workers": w, "images": info["counts"]["total"]["images_in"],
+                         "records": info["counts"]["total"]["records"], "seconds": dt,
+                         "images_per_s": info["counts"]["total"]["images_in"] / dt})
+
+        # Per-stage profile: wrap the stage functions the pipeline calls, convert every image in this process.
+        spent: collections.Counter = collections.Counter()
+
+        def timed(name, fn):
+            def wrapper(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    spent[name] += time.perf_counter() - t
+            return wrapper
+
+        originals = (data_gen.io.load_image, data_gen.segment.load_masks, data_gen.link.link_lesions,
+                     data_gen.pipeline.encode_png)
+        data_gen.io.load_image = timed("decode", originals[0])
+        data_gen.segment.load_masks = timed("masks", originals[1])
+        data_gen.link.link_lesions = timed("link", originals[2])
+        data_gen.pipeline.encode_png = timed("encode", originals[3])
+        try:
+            aset = _load_adapter(cfg)
+            vocab = class_vocabulary(aset.items)
+            synthesizer = synth.get_synthesizer(cfg.synth)
+            synthesizer.synthesize = timed("synth", synthesizer.synthesize)
+            t0 = time.perf_counter()
+            for item in aset.items:
+                data_gen.pipeline.convert_image(item, cfg, vocab, synthesizer)
+            spent["total"] = time.perf_counter() - t0
+        finally:
+            (data_gen.io.load_image, data_gen.segment.load_masks, data_gen.link.link_lesions,
+             data_gen.pipeline.encode_png) = originals
+    spent["other (resize, records)"] = spent["total"] - sum(spent[k] for k in ("decode", "masks", "link", "synth",
+                                                                                "encode"))
+    return rows, {"n": len(aset.items), **spent}
+
+
+def print_build(rows: list[dict], profile: dict) -> None:
+    print("\nBuild throughput on phantom data (DICOM radiographs + DeepLesion-style CT, 512 px)")
+    print(f"{'workers':>7} {'images':>7} {'records':>8} {'seconds':>8} {'images/s':>9} {'vs 1 worker':>12}")
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        print(f"{r['workers']:>7} {r['images']:>7} {r['records']:>8} {r['seconds']:>8.2f} {r['images_per_s']:>9.2f}"
+              f" {r['images_per_s'] / base:>11.2f}x")
+    total, n = profile["total"], profile["n"]
+    print(f"\nWhere one image's time goes (1 process, {n} images, {1000 * total / n:.1f} ms/image)")
+    print(f"{'stage':<26} {'ms/image':>9} {'share':>7}")
+    for k in ("decode", "encode", "masks", "link", "synth", "other (resize, records)"):
+        print(f"{k:<26} {1000 * profile[k] / n:>9.2f} {100 * profile[k] / total:>6.1f}%")
+    io_share = profile["decode"] + profile["encode"]
+    conv = total - io_share
+    print(f"{'decode + encode':<26} {1000 * io_share / n:>9.2f} {100 * io_share / total:>6.1f}%")
+    print(f"{'conversion (the rest)':<26} {1000 * conv / n:>9.2f} {100 * conv / total:>6.1f}%   "
+          f"conversion / (decode+encode) = {conv / io_share:.2f}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=2048)
@@ -199,10 +289,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--lesions", type=int, default=10)
     p.add_argument("--images", type=int, default=3)
     p.add_argument("--baseline-images", type=int, default=1)
+    p.add_argument("--build-images", type=int, default=48)
+    p.add_argument("--skip-link", action="store_true")
+    p.add_argument("--skip-build", action="store_true")
     args = p.parse_args(argv)
-    rows = bench_link(args.size, args.masks, args.lesions, args.images, args.baseline_images)
-    print_table(f"Linking: {args.size}x{args.size}, {args.masks} organ masks, {args.lesions} lesions per image",
-                rows)
+    if not args.skip_link:
+        rows = bench_link(args.size, args.masks, args.lesions, args.images, args.baseline_images)
+        print_table(f"Linking: {args.size}x{args.size}, {args.masks} organ masks, {args.lesions} lesions per image",
+                    rows)
+    if not args.skip_build:
+        print_build(*bench_build(args.build_images))
 
 
 if __name__ == "__main__":
