@@ -1,0 +1,343 @@
+"""Model throughput: our Flax VLM against the same architecture in Hugging Face PyTorch; MFU on a GPU.
+
+CPU mode (default) builds the ``small`` preset, builds transformers' ``PaliGemmaForConditionalGeneration`` from
+the equivalent config, copies its weights into ours (so both run the same model; the logit difference is
+printed as a check), and measures at the same batch and length:
+
+- forward + backward tokens/s (loss = token-mean cross-entropy on the answer; gradients for every weight, no
+  optimizer update), with our compile time and HF's first (warm-up) step reported separately;
+- decode tokens/s: our jitted prefill + KV-cache loop (``vlm.generate``) against HF ``generate``
+  (greedy, a fixed number of new tokens, EOS ignored by both), prefill included in both;
+- model FLOPs per token (``medclm_jax.model.flops``) beside the throughput.
+
+GPU mode (``--gpu``) runs ``paligemma_3b_224`` (random init, sharded init on all local devices, bf16 compute)
+and reports forward+backward tokens/s and MFU against ``--peak-flops`` per device (default: H200 bf16 dense
+989 TFLOP/s), plus cached decoding tokens/s. torch is only imported in CPU mode (this script is not
+production code).
+
+Usage::
+
+    python benchmarks/model.py                       # CPU table, small preset
+    python benchmarks/model.py --gpu --batch 16 --text-len 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from medclm_jax.model import flops, presets, sharding, vlm  # noqa: E402
+
+H200_BF16_DENSE = 989e12
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Shared pieces.
+# ------------------------------------------------------------------------------------------------------------
+
+def make_batch(cfg: vlm.VLMConfig, batch_size: int, text_len: int, prompt_len: int, seed: int = 0
+               ) -> dict[str, np.ndarray]:
+    """A full (unpadded) batch: ``prompt_len`` prefix tokens, then the answer (the loss span)."""
+    rng = np.random.default_rng(seed)
+    size = cfg.vision.image_size
+    text = rng.integers(7, cfg.text.vocab_size, size=(batch_size, text_len)).astype(np.int32)
+    text[:, 0] = cfg.bos_token_id
+    mask_ar = np.zeros((batch_size, text_len), np.int32)
+    mask_ar[:, prompt_len:] = 1
+    return {"image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32), "text": text,
+            "mask_ar": mask_ar, "mask_loss": mask_ar.copy(), "mask_input": np.ones_like(text)}
+
+
+def loss_fn(model: vlm.VLM, params: Any, batch: dict[str, Any]) -> jax.Array:
+    """Token-mean next-token cross-entropy over ``mask_loss`` (the answer)."""
+    logits = model.apply({"params": params}, batch)[:, :-1].astype(jnp.float32)
+    targets = batch["text"][:, 1:]
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
+    mask = batch["mask_loss"][:, 1:].astype(jnp.float32)
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def time_calls(fn, steps: int) -> float:
+    """Median seconds per call of ``fn`` (which must block until its result is ready)."""
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def ours_train(model: vlm.VLM, params: Any, batch: dict[str, Any], steps: int) -> dict[str, float]:
+    """Compile time and seconds per forward+backward step of our model."""
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(model, p, b)))
+    t0 = time.perf_counter()
+    compiled = grad_fn.lower(params, batch).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(params, batch))  # first run: allocations
+    step_s = time_calls(lambda: jax.block_until_ready(compiled(params, batch)), steps)
+    loss = float(compiled(params, batch)[0])
+    out = {"compile_s": compile_s, "step_s": step_s, "loss": loss}
+    memory = compiled.memory_analysis()
+    if memory is not None and getattr(memory, "temp_size_in_bytes", None) is not None:
+        out["temp_gib"] = memory.temp_size_in_bytes / 2**30
+    return out
+
+
+def ours_decode(cfg: vlm.VLMConfig, variables: Any, batch: dict[str, Any], new_tokens: int, steps: int
+                ) -> dict[str, Any]:
+    """First-call (compile) and steady-state seconds of our prefill + KV-cache decoding."""
+    def run():
+        out = vlm.generate(cfg, variables, batch, max_new_tokens=new_tokens, eos_id=())  # () = never stop
+        return jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    out = run()
+    first_s = time.perf_counter() - t0
+    return {"first_s": first_s, "step_s": time_calls(run, steps), "tokens": np.asarray(out.tokens)}
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def print_table(rows: list[tuple[str, ...]],
+                header: tuple[str, ...] = ("measure", "ours (JAX)", "HF (PyTorch)", "ours / HF")) -> None:
+    """Prints a Markdown table."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(line(r))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CPU: ours vs transformers.
+# ------------------------------------------------------------------------------------------------------------
+
+def hf_model_for(cfg: vlm.VLMConfig, seed: int = 0):
+    """transformers' model for ``cfg`` (random init, fp32, transformers' default SDPA attention)."""
+    import torch
+    import transformers
+
+    from medclm_jax.model import convert
+
+    torch.manual_seed(seed)
+    hf_cfg = convert.vlm_config_to_hf(cfg)
+    hf_cfg.pop("architectures", None)
+    model_type = hf_cfg.pop("model_type")
+    config = transformers.AutoConfig.for_model(model_type, **hf_cfg)
+    cls = (transformers.PaliGemmaForConditionalGeneration if cfg.family == "paligemma"
+           else transformers.Gemma3ForConditionalGeneration)
+    return cls(config).float()
+
+
+def params_from_hf(cfg: vlm.VLMConfig, model) -> Any:
+    from medclm_jax.model import convert
+
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return jax.tree.map(jnp.asarray, convert.hf_to_vlm_params(state.__getitem__, list(state), cfg))
+
+
+def hf_train(model, inputs: dict[str, Any], batch: dict[str, np.ndarray], prefix: int, steps: int
+             ) -> dict[str, float]:
+    import torch
+
+    model.train()
+    tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    targets = torch.from_numpy(batch["text"][:, 1:].astype(np.int64))
+    mask = torch.from_numpy(batch["mask_loss"][:, 1:].astype(np.float32))
+
+    def step():
+        logits = model(**tensors).logits[:, prefix:-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                reduction="none").reshape(targets.shape)
+        loss = (nll * mask).sum() / mask.sum().clamp(min=1.0)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    t0 = time.perf_counter()
+    loss = step()
+    first_s = time.perf_counter() - t0
+    return {"first_s": first_s, "step_s": time_calls(step, steps), "loss": loss}
+
+
+def hf_decode(model, inputs: dict[str, Any], new_tokens: int, steps: int) -> dict[str, Any]:
+    import torch
+
+    model.eval()
+    tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    prompt_len = tensors["input_ids"].shape[1]
+
+    def run():
+        with torch.no_grad():
+            return model.generate(**tensors, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  do_sample=False, eos_token_id=None, pad_token_id=0)
+    t0 = time.perf_counter()
+    out = run()
+    first_s = time.perf_counter() - t0
+    return {"first_s": first_s, "step_s": time_calls(run, steps), "tokens": out[:, prompt_len:].numpy()}
+
+
+def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = presets.get_model_config(args.preset)
+    model = vlm.VLM(cfg)
+    batch = make_batch(cfg, args.batch, args.text_len, args.prompt_len)
+    dec_batch = make_batch(cfg, args.decode_batch, args.decode_prompt_len, args.decode_prompt_len, seed=1)
+    count = flops.model_flops(cfg, args.text_len)
+    results: dict[str, Any] = {"preset": args.preset, "batch": args.batch, "text_len": args.text_len,
+                               "seq_len": count.seq_len, "train_flops_per_token": count.train_per_token,
+                               "threads": {"torch": None, "jax_devices": jax.device_count()}}
+    hf = None
+    if not args.no_hf:
+        import torch
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        results["threads"]["torch"] = torch.get_num_threads()
+        hf = hf_model_for(cfg)
+        params = params_from_hf(cfg, hf)
+    else:
+        params = sharding.unbox(jax.jit(model.init)(jax.random.key(0), {k: jnp.asarray(v) for k, v in
+                                                                        vlm.dummy_batch(cfg).items()}))["params"]
+    dev_batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    ours = ours_train(model, params, dev_batch, args.steps)
+    ours_dec = ours_decode(cfg, {"params": params}, dec_batch, args.new_tokens, args.steps)
+    results["ours"] = {k: v for k, v in ours.items()} | {"decode_first_s": ours_dec["first_s"],
+                                                          "decode_step_s": ours_dec["step_s"]}
+    tokens = args.batch * args.text_len
+    dec_tokens = args.decode_batch * args.new_tokens
+    theirs, theirs_dec = {}, {}
+    if hf is not None:
+        import torch
+        inputs = vlm.hf_inputs(cfg, batch)
+        with torch.no_grad():
+            hf.eval()
+            hf_logits = hf(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits
+        ours_logits = np.asarray(jax.jit(model.apply)({"params": params}, dev_batch))
+        results["max_abs_logit_diff"] = float(np.max(np.abs(
+            hf_logits[:, cfg.num_prefix_tokens:].numpy() - ours_logits)))
+        theirs = hf_train(hf, inputs, batch, cfg.num_prefix_tokens, args.steps)
+        theirs_dec = hf_decode(hf, vlm.hf_inputs(cfg, dec_batch), args.new_tokens, args.steps)
+        results["hf"] = {"first_step_s": theirs["first_s"], "step_s": theirs["step_s"], "loss": theirs["loss"],
+                         "decode_first_s": theirs_dec["first_s"], "decode_step_s": theirs_dec["step_s"]}
+        results["greedy_token_agreement"] = float(np.mean(ours_dec["tokens"] == theirs_dec["tokens"]))
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+    ours_tps, hf_tps = tokens / ours["step_s"], tokens / theirs["step_s"] if theirs else None
+    ours_dps = dec_tokens / ours_dec["step_s"]
+    hf_dps = dec_tokens / theirs_dec["step_s"] if theirs_dec else None
+    results.update(ours_train_tokens_per_s=ours_tps, hf_train_tokens_per_s=hf_tps,
+                   ours_decode_tokens_per_s=ours_dps, hf_decode_tokens_per_s=hf_dps)
+    gflop = count.train_per_token / 1e9
+    print(f"\npreset={args.preset}  batch={args.batch}  text_len={args.text_len} (+{cfg.num_prefix_tokens} image "
+          f"tokens = {count.seq_len} decoder positions)  devices={jax.devices()[0].platform} x{jax.device_count()}"
+          f"  torch threads={results['threads']['torch']}")
+    rows = [
+        ("fwd+bwd tokens/s (text tokens)", fmt(ours_tps), fmt(hf_tps), ratio(ours_tps, hf_tps)),
+        ("fwd+bwd s/step (median)", fmt(ours["step_s"], 3), fmt(theirs.get("step_s"), 3),
+         ratio(theirs.get("step_s"), ours["step_s"])),
+        ("compile s (ours) / first step s (HF)", fmt(ours["compile_s"], 2), fmt(theirs.get("first_s"), 2), ""),
+        ("model GFLOP/token (fwd+bwd)", f"{gflop:.3f}", f"{gflop:.3f}", ""),
+        ("achieved GFLOP/s", fmt(ours_tps * gflop), fmt(hf_tps * gflop if hf_tps else None), ""),
+        (f"decode tokens/s (B={args.decode_batch}, {args.new_tokens} new)", fmt(ours_dps), fmt(hf_dps),
+         ratio(ours_dps, hf_dps)),
+        ("decode first call s (compile / warm-up)", fmt(ours_dec["first_s"], 2),
+         fmt(theirs_dec.get("first_s"), 2), ""),
+    ]
+    print_table(rows)
+    if "max_abs_logit_diff" in results:
+        print(f"check: same weights, max |logit diff| = {results['max_abs_logit_diff']:.2e}; greedy tokens agree "
+              f"{100 * results['greedy_token_agreement']:.0f}%; losses {ours['loss']:.4f} vs {theirs['loss']:.4f}")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GPU: paligemma_3b_224 in bf16, MFU.
+# ------------------------------------------------------------------------------------------------------------
+
+def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = presets.get_model_config(args.preset, dtype="bfloat16", param_dtype=args.param_dtype,
+                                   scan_layers=True, remat_policy=args.remat)
+    model = vlm.VLM(cfg)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    t0 = time.perf_counter()
+    init_batch = {k: jnp.asarray(v) for k, v in vlm.dummy_batch(cfg, 1, 8).items()}
+    params = sharding.sharded_init(model.init, jax.random.key(0), init_batch, mesh=mesh)["params"]
+    jax.block_until_ready(params)
+    init_s = time.perf_counter() - t0
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    batch = sharding.shard_batch(make_batch(cfg, args.batch, args.text_len, args.prompt_len), mesh)
+    with sharding.mesh_rules(mesh):
+        ours = ours_train(model, params, batch, args.steps)
+        dec_batch = make_batch(cfg, args.decode_batch, args.decode_prompt_len, args.decode_prompt_len, seed=1)
+        dec = ours_decode(cfg, {"params": params}, dec_batch, args.new_tokens, args.steps)
+    count = flops.model_flops(cfg, args.text_len)
+    tokens = args.batch * args.text_len
+    tps = tokens / ours["step_s"]
+    mfu = flops.mfu(tps, count.train_per_token, args.peak_flops, jax.device_count())
+    dps = args.decode_batch * args.new_tokens / dec["step_s"]
+    device = jax.devices()[0].device_kind
+    print(f"\npreset={args.preset} ({n_params / 1e9:.2f}B params, {args.param_dtype} params, bf16 compute, remat="
+          f"{args.remat})  batch={args.batch}  text_len={args.text_len} (+{cfg.num_prefix_tokens} image tokens)  "
+          f"{device} x{jax.device_count()}  init {init_s:.1f}s")
+    rows = [
+        ("fwd+bwd tokens/s (text tokens)", fmt(tps)),
+        ("fwd+bwd decoder positions/s", fmt(args.batch * count.seq_len / ours["step_s"])),
+        ("fwd+bwd s/step (median)", fmt(ours["step_s"], 4)),
+        ("compile s", fmt(ours["compile_s"], 1)),
+        ("model GFLOP/token (fwd+bwd)", fmt(count.train_per_token / 1e9, 2)),
+        (f"MFU (peak {args.peak_flops / 1e12:g} TFLOP/s per device)", f"{100 * mfu:.1f}%"),
+        ("temp memory GiB", fmt(ours.get("temp_gib"), 2)),
+        (f"decode tokens/s (B={args.decode_batch}, {args.new_tokens} new)", fmt(dps)),
+    ]
+    print_table(rows, header=("measure", "ours (JAX)"))
+    return {"preset": args.preset, "device": device, "n_params": int(n_params), "init_s": init_s,
+            "tokens_per_s": tps, "mfu": mfu, "decode_tokens_per_s": dps,
+            "train_flops_per_token": count.train_per_token, **{f"train_{k}": v for k, v in ours.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu", action="store_true", help="paligemma_3b_224 in bf16 on the accelerator: tokens/s, MFU")
+    p.add_argument("--preset", default=None, help="model preset (default: small on CPU, paligemma_3b_224 on GPU)")
+    p.add_argument("--batch", type=int, default=None, help="training batch (default 8 CPU, 16 GPU)")
+    p.add_argument("--text-len", type=int, default=None, help="text tokens per example (default 64 CPU, 128 GPU)")
+    p.add_argument("--prompt-len", type=int, default=16, help="prefix tokens of the training text")
+    p.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument("--decode-batch", type=int, default=4)
+    p.add_argument("--decode-prompt-len", type=int, default=16, help="text prompt tokens (plus the image)")
+    p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row")
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument("--peak-flops", type=float, default=H200_BF16_DENSE, help="peak FLOP/s per device, for MFU")
+    p.add_argument("--param-dtype", default="float32", help="GPU mode: parameter dtype (compute is bf16)")
+    p.add_argument("--remat", default="minimal", choices=["none", "minimal", "full"], help="GPU mode remat")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    args = p.parse_args(argv)
+    args.preset = args.preset or ("paligemma_3b_224" if args.gpu else "small")
+    args.batch = args.batch or (16 if args.gpu else 8)
+    args.text_len = args.text_len or (128 if args.gpu else 64)
+    if not 0 < args.prompt_len < args.text_len:
+        p.error("--prompt-len must be between 1 and --text-len - 1")
+    results = gpu_benchmark(args) if args.gpu else cpu_benchmark(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""`medclm convert`: Hugging Face VLM checkpoints (safetensors + config.json) <-> our params (Orbax).
+
+  medclm convert --from-hf HF_DIR --to DIR      PaliGemma 1/2 or Gemma 3 / MedGemma -> an Orbax model
+                                                checkpoint (params + config metadata), tokenizer files copied
+  medclm convert --from DIR --to-hf HF_DIR      back to (sharded) safetensors + config.json that
+                                                transformers (and vLLM) load
+
+Import reads one tensor at a time from memory-mapped safetensors and builds one param tree, so a 4B model is
+never held twice. Export streams tensors into shards of at most `--max-shard-gb`. Tensor names are read in any
+of the three layouts in use (the Hub's `vision_tower.vision_model.` / `language_model.model.`, transformers
+5.x's saved `vision_tower.`, and its in-memory `model.vision_tower.` / `model.language_model.`) and written in
+the Hub layout, which transformers 4.x/5.x and vLLM all load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medclm_jax.model import convert_gemma, convert_siglip, safetensors_io
+from medclm_jax.model.gemma import GemmaConfig
+from medclm_jax.model.siglip import SiglipConfig
+from medclm_jax.model.vlm import VLMConfig
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = {
+    "PaliGemmaForConditionalGeneration": "paligemma",
+    "Gemma3ForConditionalGeneration": "gemma3",
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
+                   "processor_config.json", "generation_config.json")
+CHECKPOINT_FORMAT = "medclm-vlm"
+# Each component's prefix in the three layouts in use; a name takes the first prefix it starts with.
+PREFIXES = {
+    "vision": ("model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower.",
+               "vision_tower."),
+    "projector": ("model.multi_modal_projector.", "multi_modal_projector."),
+    "text": ("model.language_model.model.", "language_model.model.", "model.language_model.", "language_model."),
+}
+EXPORT_PREFIXES = {"vision": "vision_tower.vision_model.", "projector": "multi_modal_projector.",
+                   "text": "language_model.model."}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configs.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; --from-hf needs a Hugging Face model folder (config.json + "
+                                "*.safetensors)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def hf_family(hf: Mapping[str, Any]) -> str:
+    """'paligemma' or 'gemma3' from config.json's `architectures`; anything else raises, listing what works."""
+    archs = list(hf.get("architectures") or [])
+    for arch in archs:
+        if arch in SUPPORTED_ARCHITECTURES:
+            return SUPPORTED_ARCHITECTURES[arch]
+    raise ValueError(f"config.json architectures {archs} are not supported; supported: "
+                     f"{sorted(SUPPORTED_ARCHITECTURES)}")
+
+
+def vlm_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> VLMConfig:
+    """VLMConfig from a config.json dict; transformers' own config classes fill the defaults.
+
+    Args:
+      hf: the parsed config.json.
+      **overrides: our fields applied to both towers: dtype, param_dtype, scan_layers, remat_policy.
+    """
+    import transformers  # configs only; no torch
+
+    family = hf_family(hf)
+    cls = transformers.PaliGemmaConfig if family == "paligemma" else transformers.Gemma3Config
+    full = cls.from_dict(dict(hf))
+    vision = convert_siglip.siglip_config_from_hf(full.vision_config.to_dict(), **overrides)
+    text_hf = full.text_config.to_dict()
+    if family == "paligemma":
+        # PaliGemmaConfig switches this on for its own mask handling; the prefix mask comes from us.
+        text_hf.pop("use_bidirectional_attention", None)
+    text = convert_gemma.gemma_config_from_hf(text_hf, **overrides)
+    if not getattr(full, "tie_word_embeddings", True) or not text_hf.get("tie_word_embeddings", True):
+        raise ValueError("config.json: tie_word_embeddings=false is not supported (PaliGemma/Gemma 3 tie them)")
+
+    def special(key: str, default: int, many: bool = False):
+        value = hf.get(key, text_hf.get(key))
+        if isinstance(value, (list, tuple)):
+            if many and len(value) > 1:
+                return tuple(int(v) for v in value)
+            value = value[0] if value else None
+        return default if value is None else int(value)
+
+    kw: dict[str, Any] = dict(family=family, vision=vision, text=text, image_token_id=int(full.image_token_id),
+                              bos_token_id=special("bos_token_id", 2), pad_token_id=special("pad_token_id", 0),
+                              eos_token_id=special("eos_token_id", 1, many=True))
+    if family == "gemma3":
+        kw.update(mm_tokens_per_image=int(full.mm_tokens_per_image), boi_token_id=int(full.boi_token_id),
+                  eoi_token_id=int(full.eoi_token_id))
+    return VLMConfig(**kw)
+
+
+def vlm_config_to_hf(cfg: VLMConfig) -> dict[str, Any]:
+    """The config.json dict transformers needs to rebuild `cfg` (inverse of `vlm_config_from_hf`)."""
+    text = convert_gemma.gemma_config_to_hf(cfg.text)
+    vision = convert_siglip.siglip_config_to_hf(cfg.vision)
+    dtype = cfg.text.param_dtype
+    eos = list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id
+    common = dict(bos_token_id=cfg.bos_token_id, eos_token_id=eos, pad_token_id=cfg.pad_token_id,
+                  image_token_index=cfg.image_token_id, tie_word_embeddings=True, dtype=dtype, torch_dtype=dtype)
+    text.update(bos_token_id=cfg.bos_token_id, eos_token_id=eos, pad_token_id=cfg.pad_token_id)
+    if cfg.family == "paligemma":
+        vision["projection_dim"] = cfg.text.width
+        text["num_image_tokens"] = cfg.num_image_tokens
+        return dict(architectures=["PaliGemmaForConditionalGeneration"], model_type="paligemma",
+                    vocab_size=cfg.text.vocab_size, projection_dim=cfg.text.width, hidden_size=cfg.text.width,
+                    text_config=text, vision_config=vision, **common)
+    return dict(architectures=["Gemma3ForConditionalGeneration"], model_type="gemma3",
+                mm_tokens_per_image=cfg.mm_tokens_per_image, boi_token_index=cfg.boi_token_id,
+                eoi_token_index=cfg.eoi_token_id, text_config=text, vision_config=vision, **common)
+
+
+def config_to_json(cfg: VLMConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_json(d: Mapping[str, Any]) -> VLMConfig:
+    lists_to_tuples = lambda x: {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}  # noqa: E731
+    d = lists_to_tuples(d)
+    return VLMConfig(**{**d, "vision": SiglipConfig(**lists_to_tuples(d["vision"])),
+                        "text": GemmaConfig(**lists_to_tuples(d["text"]))})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Params.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def detect_prefixes(names: list[str]) -> dict[str, str]:
+    """For each component, the single prefix this checkpoint uses (raises when one is absent or mixed)."""
+    found: dict[str, set[str]] = {c: set() for c in PREFIXES}
+    for name in names:
+        if name.endswith("lm_head.weight"):
+            continue
+        for comp, options in PREFIXES.items():
+            match = next((p for p in options if name.startswith(p)), None)
+            if match:
+                found[comp].add(match)
+                break
+    out = {}
+    for comp, prefixes in found.items():
+        if len(prefixes) != 1:
+            what = "no" if not prefixes else f"mixed {sorted(prefixes)}"
+            raise ValueError(f"checkpoint has {what} {comp} tensors (expected names starting with one of "
+                             f"{list(PREFIXES[comp])})")
+        out[comp] = prefixes.pop()
+    return out
+
+
+def hf_to_vlm_params(get_tensor, names: list[str], cfg: VLMConfig) -> dict[str, Any]:
+    """Our param tree {'vision', 'projector', 'decoder'} from HF tensors (read one at a time).
+
+    Raises:
+      ValueError: a tensor is missing or has the wrong shape (the message names it and the expected shape).
+    """
+    prefix = detect_prefixes(names)
+    dtype = safetensors_io.numpy_dtype(cfg.text.param_dtype)
+
+    def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        try:
+            arr = get_tensor(name)
+        except KeyError:
+            raise ValueError(f"tensor {name!r} is missing from the checkpoint (expected shape {shape})") from None
+        return convert_siglip.expect_shape(name, np.asarray(arr), shape).astype(dtype, copy=False)
+
+    vision = convert_siglip.hf_to_siglip_params(get_tensor, cfg.vision, prefix["vision"])
+    dv, dt, p = cfg.vision.width, cfg.text.width, prefix["projector"]
+    if cfg.family == "paligemma":
+        projector = {"kernel": get(p + "linear.weight", (dt, dv)).T, "bias": get(p + "linear.bias", (dt,))}
+    else:
+        projector = {"kernel": get(p + "mm_input_projection_weight", (dv, dt)),
+                     "mm_soft_emb_norm": {"scale": get(p + "mm_soft_emb_norm.weight", (dv,))}}
+    decoder = convert_gemma.hf_to_gemma_params(get_tensor, cfg.text, prefix["text"])
+    return {"vision": vision, "projector": projector, "decoder": decoder}
+
+
+def vlm_params_to_hf(params: Mapping[str, Any], cfg: VLMConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields `(hf_name, array)` in the Hub layout, one tensor at a time (inverse of `hf_to_vlm_params`)."""
+    yield from convert_siglip.siglip_params_to_hf(params["vision"], cfg.vision, EXPORT_PREFIXES["vision"])
+    p, proj = EXPORT_PREFIXES["projector"], params["projector"]
+    if cfg.family == "paligemma":
+        yield p + "linear.weight", np.ascontiguousarray(np.asarray(proj["kernel"]).T)
+        yield p + "linear.bias", np.asarray(proj["bias"])
+    else:
+        yield p + "mm_input_projection_weight", np.asarray(proj["kernel"])
+        yield p + "mm_soft_emb_norm.weight", np.asarray(proj["mm_soft_emb_norm"]["scale"])
+    yield from convert_gemma.gemma_params_to_hf(params["decoder"], cfg.text, EXPORT_PREFIXES["text"])
+
+
+def load_hf(hf_dir: str | Path, **overrides: Any) -> tuple[VLMConfig, dict[str, Any]]:
+    """Reads an HF checkpoint folder: (config, params as numpy). `param_dtype='auto'` keeps the stored dtype."""
+    hf = read_hf_config(hf_dir)
+    if overrides.get("param_dtype", "auto") == "auto":
+        stored = str(hf.get("dtype") or hf.get("torch_dtype") or "float32")
+        overrides["param_dtype"] = stored if stored in ("float32", "bfloat16") else "float32"
+    cfg = vlm_config_from_hf(hf, **overrides)
+    reader = safetensors_io.SafetensorsReader(hf_dir)
+    used: set[str] = set()
+
+    def get(name: str) -> np.ndarray:
+        used.add(name)
+        return reader.get(name)
+
+    try:
+        params = hf_to_vlm_params(get, reader.keys(), cfg)
+    finally:
+        reader.close()
+    # Tied lm_head copies and SigLIP's pooling head are expected leftovers; anything else hints at a mismatch.
+    unused = sorted(n for n in set(reader.keys()) - used if not n.endswith("lm_head.weight") and ".head." not in n)
+    if unused:
+        log.warning("%s: %d tensors were not used, e.g. %s", hf_dir, len(unused), unused[:5])
+    return cfg, params
+
+
+def export_hf(params: Mapping[str, Any], cfg: VLMConfig, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
+              max_shard_bytes: int = 2 << 30) -> list[str]:
+    """Writes config.json + (sharded) safetensors (+ tokenizer files from `tokenizer_dir`) to `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = safetensors_io.write_sharded(out, vlm_params_to_hf(params, cfg), max_shard_bytes)
+    (out / "config.json").write_text(json.dumps(vlm_config_to_hf(cfg), indent=2) + "\n")
+    if tokenizer_dir is not None:
+        files += copy_tokenizer_files(tokenizer_dir, out)
+    return [*files, "config.json"]
+
+
+def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file() and Path(src).resolve() != Path(dst).resolve():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+            copied.append(name)
+    return copied
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Our checkpoint: medclm_jax.train.checkpoint's model layout (DIR/params, DIR/metadata) + tokenizer files.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(out_dir: str | Path, cfg: VLMConfig, params: Mapping[str, Any],
+                    tokenizer_dir: str | Path | None = None, overwrite: bool = False) -> None:
+    """Writes params + {'format', 'version', 'config'} metadata (Orbax) and copies the tokenizer files."""
+    from medclm_jax.train import checkpoint
+
+    checkpoint.save_params(out_dir, dict(params), {"format": CHECKPOINT_FORMAT, "version": 1,
+                                                   "config": config_to_json(cfg)}, overwrite=overwrite)
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(tokenizer_dir, out_dir)
+
+
+def load_config(ckpt_dir: str | Path) -> VLMConfig:
+    """The VLMConfig stored with a model checkpoint."""
+    from medclm_jax.train import checkpoint
+
+    meta = checkpoint.load_metadata(ckpt_dir)
+    if "config" not in meta:
+        raise ValueError(f"{ckpt_dir}: checkpoint metadata has no model 'config' (keys: {sorted(meta)}); expected "
+                         "a folder written by `medclm convert --from-hf`")
+    return config_from_json(meta["config"])
+
+
+def load_checkpoint(ckpt_dir: str | Path, shardings: Any = None) -> tuple[VLMConfig, Any]:
+    """(config, params) from a model checkpoint; params go to `shardings` (default: the first local device).
+
+    The stored tree is checked against the model the config builds (a missing or mis-shaped param is named).
+    """
+    import flax.linen as nn
+    import jax
+
+    from medclm_jax.model import vlm
+    from medclm_jax.train import checkpoint
+
+    cfg = load_config(ckpt_dir)
+    abstract = nn.meta.unbox(jax.eval_shape(lambda: vlm.init_params(cfg, jax.random.key(0))))["params"]
+    return cfg, checkpoint.load_params(ckpt_dir, abstract, shardings)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="medclm convert", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  medclm convert --from-hf ~/hf/paligemma-3b-pt-224 --to ckpt/pg224\n"
+               "  medclm convert --from ckpt/pg224 --to-hf out/pg224-hf")
+    parser.add_argument("--from-hf", dest="from_hf", metavar="DIR", help="Hugging Face model folder (config.json + safetensors)")
+    parser.add_argument("--to", metavar="DIR", help="output folder for our checkpoint (with --from-hf)")
+    parser.add_argument("--from", dest="from_ours", metavar="DIR", help="our checkpoint folder (with --to-hf)")
+    parser.add_argument("--to-hf", dest="to_hf", metavar="DIR", help="output Hugging Face folder (with --from)")
+    parser.add_argument("--param-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="dtype of the imported params (auto: as stored)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                        help="compute dtype recorded in the config (default: bfloat16)")
+    parser.add_argument("--layout", default="scan", choices=["scan", "unrolled"],
+                        help="stack layers for nn.scan (default) or keep one subtree per layer")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --to checkpoint")
+    parser.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size for --to-hf")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if bool(args.from_hf) == bool(args.from_ours) or bool(args.from_hf) != bool(args.to) \
+            or bool(args.from_ours) != bool(args.to_hf):
+        parser.error("use either --from-hf DIR --to DIR or --from DIR --to-hf DIR")
+    try:
+        if args.from_hf:
+            cfg, params = load_hf(args.from_hf, param_dtype=args.param_dtype, dtype=args.dtype,
+                                  scan_layers=args.layout == "scan")
+            save_checkpoint(args.to, cfg, params, tokenizer_dir=args.from_hf, overwrite=args.overwrite)
+            log.info("wrote %s (%s, %s params)", args.to, cfg.family, f"{_count(params):,}")
+        else:
+            cfg, params = load_checkpoint(args.from_ours)
+            files = export_hf(params, cfg, args.to_hf, tokenizer_dir=args.from_ours,
+                              max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
+            log.info("wrote %s: %s", args.to_hf, ", ".join(files))
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"medclm convert: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _count(params) -> int:
+    import jax
+
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""KV-cache decoding: against transformers ``generate``, against an uncached loop, across batching and padding,
+and the samplers on hand-made distributions.
+
+Tiny random models with a small embedding spread, so greedy continuations vary (with HF's or a large
+spread the residual stream repeats the last token forever, which would make the comparisons weak).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+from medclm_jax.model import convert_gemma, decode, gemma  # noqa: E402
+
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=4, head_dim=16)
+WINDOW = 4
+
+
+def _hf_model(variant: str):
+    torch.manual_seed(0)
+    if variant == 'gemma1':
+        model = transformers.GemmaForCausalLM(transformers.GemmaConfig(
+            num_hidden_layers=2, num_key_value_heads=1, **TINY))
+    else:
+        model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+            num_hidden_layers=6, num_key_value_heads=2, sliding_window=WINDOW, query_pre_attn_scalar=24, **TINY))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.02 if 'embed' in name else 0.1 if 'norm' in name else 0.3)
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _ours(variant: str, scan_layers: bool = True):
+    model = _hf_model(variant)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    cfg = convert_gemma.gemma_config_from_hf(model.config.to_dict(), scan_layers=scan_layers)
+    return model, gemma.GemmaDecoder(cfg), {'params': convert_gemma.hf_to_gemma_params(state.__getitem__, cfg)}
+
+
+def _prompts(lengths, seed=0):
+    rs = np.random.RandomState(seed)
+    return [rs.randint(3, 256, n) for n in lengths]
+
+
+def _pad(prompts, left=False):
+    t = max(len(p) for p in prompts)
+    tokens = np.zeros((len(prompts), t), np.int32)
+    for i, p in enumerate(prompts):
+        if left:
+            tokens[i, t - len(p):] = p
+        else:
+            tokens[i, :len(p)] = p
+    return tokens
+
+
+def _prefix_mask(total, prefix_len):
+    """bool[total, total]: causal, except the first ``prefix_len`` tokens attend to each other fully."""
+    idx = np.arange(total)
+    return (idx[None, :] <= idx[:, None]) | ((idx[:, None] < prefix_len) & (idx[None, :] < prefix_len))
+
+
+def _uncached_greedy(dec, params, prompts, n, prefix_len=0):
+    """Greedy decoding by re-running the whole sequence each step (no cache): the independent reference.
+
+    ``prompts: int[B, T]`` unpadded; the first ``prefix_len`` tokens form a prefix-LM block.
+    """
+    b, t = prompts.shape
+    total = t + n
+    mask = jnp.broadcast_to(jnp.asarray(_prefix_mask(total, prefix_len)), (b, total, total))
+    positions = jnp.broadcast_to(jnp.arange(total), (b, total))
+    seq = np.zeros((b, total), np.int32)
+    seq[:, :t] = prompts
+    for i in range(t, total):
+        seq[:, i] = np.argmax(np.asarray(_forward(dec, params, seq, positions, mask))[:, i - 1], axis=-1)
+    return seq[:, t:]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(dec, params, tokens, positions, mask):
+    return dec.apply(params, dec.apply(params, tokens, method=dec.embed), positions, mask)[0]
+
+
+N_NEW = 8
+
+
+def _key(seed):
+    # The 'rbg' generator compiles several times faster than threefry on CPU; the samplers don't care.
+    return jax.random.key(seed, impl='rbg')
+
+
+def _hf_greedy(model, prompt, n=N_NEW):
+    with torch.no_grad():
+        out = model.generate(torch.tensor(prompt)[None], do_sample=False, max_new_tokens=n, pad_token_id=0)
+    return out.numpy()[0, len(prompt):]
+
+
+def test_gemma1_greedy_matches_transformers_generate_and_uncached_prefix_lm():
+    model, dec, params = _ours('gemma1', scan_layers=False)
+    prompts = np.stack(_prompts([9, 9], seed=1))
+    out = decode.generate(dec, params, prompts, max_new_tokens=N_NEW)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor(prompts), do_sample=False, max_new_tokens=N_NEW,
+                             pad_token_id=0).numpy()[:, 9:]
+    assert len(set(ref.ravel().tolist())) > 4  # a varied continuation, not one repeated token
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+    np.testing.assert_array_equal(np.asarray(out.lengths), [N_NEW, N_NEW])
+
+    # Cached == uncached, with a prefix-LM prompt mask (as the VLM prefills image + prompt), same program.
+    want = _uncached_greedy(dec, params, prompts, N_NEW, prefix_len=6)
+    assert not np.array_equal(want, ref)  # the prefix mask matters
+    x = dec.apply(params, jnp.asarray(prompts), method=dec.embed)
+    prefix = np.broadcast_to(_prefix_mask(9, 6), (2, 9, 9))
+    out = decode.decode(dec, params, x, np.ones((2, 9), bool), prefix, max_new_tokens=N_NEW)
+    np.testing.assert_array_equal(np.asarray(out.tokens), want)
+    np.testing.assert_array_equal(_uncached_greedy(dec, params, prompts, N_NEW), ref)
+
+
+def test_gemma3_batched_left_and_right_padded_equal_transformers_one_by_one():
+    """Prompts of 3, 9 and 6 tokens (9 > the sliding window 4) in one batch, each row against HF ``generate``
+    on that prompt alone (no padding), for right and left padding (one compiled program for both)."""
+    model, dec, params = _ours('gemma3')
+    prompts = _prompts([3, 9, 6], seed=3)
+    want = np.stack([_hf_greedy(model, p) for p in prompts])
+    assert len(set(want[1].tolist())) > 3
+    for left in (False, True):
+        out = decode.generate(dec, params, _pad(prompts, left=left), max_new_tokens=N_NEW)
+        np.testing.assert_array_equal(np.asarray(out.tokens), want, err_msg=f'left={left}')
+
+
+def test_top_k_1_equals_greedy_and_eos_stops_a_row():
+    model, dec, params = _ours('gemma3')
+    prompts = _prompts([3, 9, 6], seed=3)  # the prompts of the batched test: same compiled greedy program
+    greedy = np.asarray(decode.generate(dec, params, _pad(prompts), max_new_tokens=N_NEW).tokens)
+    eos = int(greedy[0, 2])  # row 0 emits it at step 2 (or earlier)
+    out = decode.generate(dec, params, _pad(prompts), max_new_tokens=N_NEW, rng=_key(7),
+                          sampling=decode.Sampling(temperature=1.5, top_k=1), eos_id=(eos, 255), pad_id=0)
+    got, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    for row in range(3):
+        hits = np.flatnonzero(np.isin(greedy[row], [eos, 255]))
+        end = hits[0] + 1 if len(hits) else N_NEW
+        np.testing.assert_array_equal(got[row, :end], greedy[row, :end], err_msg=str(row))
+        assert (got[row, end:] == 0).all() and lengths[row] == end, row
+    assert lengths[0] <= 3 and lengths.max() > lengths[0]  # one row stopped, the others went on
+
+
+def test_sampler_filters_on_known_distribution():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = jnp.log(jnp.asarray(np.tile(probs, (4000, 1)), jnp.float32))
+    rng = _key(0)
+
+    def draw(**kw):
+        sample = jax.jit(functools.partial(decode.sample_logits, sampling=decode.Sampling(**kw)))
+        return np.asarray(sample(logits, rng))
+
+    assert (draw(temperature=0.0) == 0).all()
+    freq = np.bincount(draw(temperature=1.0), minlength=4) / 4000
+    np.testing.assert_allclose(freq, probs, atol=0.03)
+    assert set(draw(temperature=1.0, top_k=2)) == {0, 1}
+    # top-p keeps the smallest head whose mass reaches p: {0, 1} for p=0.7, {0, 1, 2} for p=0.81.
+    assert set(draw(temperature=1.0, top_p=0.7)) == {0, 1}
+    assert set(draw(temperature=1.0, top_p=0.81)) == {0, 1, 2}
+    freq = np.bincount(draw(temperature=1.0, top_p=0.7), minlength=4) / 4000
+    np.testing.assert_allclose(freq, [0.5 / 0.8, 0.3 / 0.8, 0, 0], atol=0.03)
+    # Temperature sharpens: at T=0.5 the probabilities go as p^2.
+    sharp = probs ** 2 / (probs ** 2).sum()
+    np.testing.assert_allclose(np.bincount(draw(temperature=0.5), minlength=4) / 4000, sharp, atol=0.03)
+    with pytest.raises(ValueError):
+        decode.Sampling(top_p=0.0)
