@@ -128,9 +128,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, beam_args = p.parse_known_args(argv)
     if beam_args and args.runner != "beam":
         p.error(f"unrecognized arguments: {' '.join(beam_args)}")
-    cfg = load_config(args.config, args.set)
-    info = run_build(cfg, args.out, runner=args.runner, workers=args.workers, overwrite=args.overwrite,
-                     progress=not args.no_progress, pipeline_args=beam_args)
+    from data_gen.errors import ConfigError, InputError
+    from medclm_jax.config_file import ConfigFileError
+
+    try:
+        cfg = load_config(args.config, args.set)
+        info = run_build(cfg, args.out, runner=args.runner, workers=args.workers, overwrite=args.overwrite,
+                         progress=not args.no_progress, pipeline_args=beam_args)
+    except (ConfigFileError, ConfigError, InputError) as e:
+        # Whole-dataset problems (a config key, a CSV missing a column): one clear line, no traceback.
+        p.error(str(e))
     print(format_summary(info))
     print(f"wrote {args.out}/dataset_info.json and rejects.jsonl")
     return 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
+
+from medclm_jax.cli import dispatch
 
 COMMANDS = {
     "build": ("data_gen.build", "convert a detection dataset into Easy/Medium/Hard VQA-CoT TFRecords"),
@@ -11,23 +12,8 @@ COMMANDS = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: medclm-data <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0 if argv else 2
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"medclm-data: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return dispatch("medclm-data", COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def assemble(cfg, summaries: list[dict[str, Any]], adapter_stats: dict[str, int]
     reject_reasons.update(f"{r['kind']}:{r['reason']}" for r in adapter_rejects)
     info = {
         "schema": {"name": "medclm-vqa-cot", "version": SCHEMA_VERSION, "keys": DESIGN_KEYS,
-                   "extra_keys": EXTRA_KEYS, "box_format": "normalized [x1, y1, x2, y2] in [0, 1]"},
+                   "extra_keys": EXTRA_KEYS, "box_format": "normalized [x1, y1, x2, y2] in [0, 1]",
+                   "negative_records": "images without findings: lesion/class 'no finding', lesion/box empty, "
+                                       "lesion/organ 'none'"},
         "name": cfg.name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "counts": {

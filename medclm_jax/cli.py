@@ -19,24 +19,29 @@ COMMANDS = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: medclm <command> [options]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`medclm <command> --help` for a command's options."]
+def _usage(prog: str, commands: dict[str, tuple[str, str]]) -> str:
+    lines = [f"usage: {prog} <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in commands.items()]
+    lines += ["", f"`{prog} <command> --help` for a command's options."]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str] | None) -> int:
+    """Runs `commands[argv[0]]`'s module `main(argv[1:])`; the module is imported only when chosen."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
+        print(_usage(prog, commands))
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"medclm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+    if name not in commands:
+        print(f"{prog}: unknown command {name!r}\n\n{_usage(prog, commands)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(commands[name][0])
     return int(module.main(rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch("medclm", COMMANDS, argv)
 
 
 if __name__ == "__main__":
