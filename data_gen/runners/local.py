@@ -37,8 +37,14 @@ def run_shards(out_dir: str, specs: list[ShardSpec], cfg, class_vocab: dict[str,
                 process_shard(out_dir, spec, cfg, class_vocab)
                 bar.update(len(spec.items))
             return
-        # fork is cheap and the parent holds no threads of jax (data_gen never imports it); spawn elsewhere.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        # fork is cheap, and safe while the parent runs no threads (data_gen never imports jax). A parent that did
+        # import jax (a notebook, the demo after training) has XLA threads: forking it can deadlock, so use
+        # forkserver there, and spawn where neither exists.
+        methods = multiprocessing.get_all_start_methods()
+        if "fork" in methods and "jax" not in sys.modules:
+            method = "fork"
+        else:
+            method = "forkserver" if "forkserver" in methods else "spawn"
         ctx = multiprocessing.get_context(method)
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             futures = {pool.submit(process_shard, out_dir, s, cfg, class_vocab): s for s in specs}
