@@ -210,7 +210,9 @@ def _convert(item: ImageItem, cfg, class_vocab: dict[str, list[str]], synthesize
 
     vocab = class_vocab.get(image.modality) or sorted({c for v in class_vocab.values() for c in v})
     split = splits.patient_split(cfg.salt, item.source, item.patient_key, cfg.split.val, cfg.split.test)
-    pool = splits.curriculum_pool(cfg.salt, image_id, cfg.curriculum.hard_fraction)
+    # The shard plan stratifies pools per domain (item.extra); a bare call hashes the image id alone.
+    pool = item.extra.get("curriculum_pool") or splits.curriculum_pool(cfg.salt, image_id,
+                                                                       cfg.curriculum.hard_fraction)
     for i, (seed, lk) in enumerate(zip(seeds, links)):
         qa = synthesizer.synthesize(
             SynthInput(seed=seed, image_lesions=seeds, class_vocab=list(vocab), key=f"{image_id}:{i}",

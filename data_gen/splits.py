@@ -42,3 +42,35 @@ def curriculum_pool(salt: str, image_id: str, hard_fraction: float) -> str:
     if not 0.0 <= hard_fraction < 1.0:
         raise ValueError(f"curriculum.hard_fraction must be in [0, 1), got {hard_fraction}")
     return "hard" if _unit_interval(salt, "pool", image_id) < hard_fraction else "easy_medium"
+
+
+def stratified_pools(salt: str, images: list[tuple[str, list[str]]], hard_fraction: float) -> dict[str, str]:
+    """Pools per domain, so every domain can be trained in Easy/Medium *and* in Hard.
+
+    `images` holds (image_id, domains) pairs (an image with several lesion classes is in several domains). Domains
+    are visited from the smallest up; a domain of n >= 2 images gets round(hard_fraction * n) hard images, at least
+    one and at most n - 1, counting the images earlier (smaller) domains already placed, and its free images are
+    placed in the order of the salted pool hash. A plain hash threshold (`curriculum_pool`) would leave small
+    domains without one of the pools. Deterministic; adding images to a domain can move its boundary image.
+    """
+    if not 0.0 <= hard_fraction < 1.0:
+        raise ValueError(f"curriculum.hard_fraction must be in [0, 1), got {hard_fraction}")
+    by_domain: dict[str, list[tuple[float, str]]] = {}
+    for image_id, domains in images:
+        u = _unit_interval(salt, "pool", image_id)
+        for domain in set(domains):
+            by_domain.setdefault(domain, []).append((u, image_id))
+    pools: dict[str, str] = {}
+    for domain in sorted(by_domain, key=lambda d: (len(by_domain[d]), d)):
+        members = sorted(by_domain[domain])
+        n = len(members)
+        target = round(hard_fraction * n)
+        if n >= 2 and hard_fraction > 0:
+            target = min(max(target, 1), n - 1)
+        placed = [pools[i] for _, i in members if i in pools]
+        free = [i for _, i in members if i not in pools]
+        need_easy = 1 if n >= 2 and "easy_medium" not in placed else 0
+        n_hard = min(max(0, target - placed.count("hard")), max(0, len(free) - need_easy))
+        for rank, image_id in enumerate(free):
+            pools[image_id] = "hard" if rank < n_hard else "easy_medium"
+    return pools

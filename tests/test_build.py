@@ -248,3 +248,31 @@ def test_bad_inputs_are_skipped_counted_and_reported(raw, tmp_path):
     assert all(r["reason"] and r["item"] for r in rejects)
     classes = {_first(ex, "lesion/class") for _, ex in _all_records(out)}
     assert "aortic enlargement" in classes
+
+
+def test_stratified_pools_give_every_domain_both_pools():
+    from data_gen.splits import stratified_pools
+
+    images = [(f"img{i}", ["nodule_xray"]) for i in range(10)]
+    images += [("a", ["cyst_ct"]), ("b", ["cyst_ct", "mass_ct"]), ("c", ["x_ct"]), ("d", ["mass_ct"])]
+    pools = stratified_pools("salt", images, 0.3)
+    assert [pools[f"img{i}"] for i in range(10)].count("hard") == 3
+    for domain in ("cyst_ct", "mass_ct"):  # two images each, one shared: both pools in both domains
+        members = [pools[i] for i, ds in images if domain in ds]
+        assert sorted(members) == ["easy_medium", "hard"], (domain, members)
+    assert pools["c"] == "easy_medium"  # a single image cannot be in both pools; Easy/Medium come first
+    assert stratified_pools("salt", list(reversed(images)), 0.3) == pools  # order of the input does not matter
+    assert set(stratified_pools("salt", images, 0.0).values()) == {"easy_medium"}
+
+
+def test_train_domains_with_two_images_have_both_pools(built):
+    out, _ = built
+    pools_by_domain = {}
+    for shard, ex in _all_records(out):
+        if shard.startswith("train-"):
+            pools_by_domain.setdefault(_first(ex, "domain"), {})[_first(ex, "image/id")] = \
+                _first(ex, "curriculum/pool")
+    assert pools_by_domain
+    for domain, pools in pools_by_domain.items():
+        if len(pools) >= 2:
+            assert set(pools.values()) == {"easy_medium", "hard"}, (domain, pools)

@@ -99,7 +99,8 @@ def base_config(name: str, adapter: str) -> ml_collections.ConfigDict:
         }),
     })
     config.split = ml_collections.ConfigDict({"val": 0.1, "test": 0.1, "salt": "medclm"})
-    config.curriculum = ml_collections.ConfigDict({"hard_fraction": 0.3})
+    # stratify: decide pools per domain at plan time so every domain with >= 2 images has both pools.
+    config.curriculum = ml_collections.ConfigDict({"hard_fraction": 0.3, "stratify": True})
     config.write = ml_collections.ConfigDict({"records_per_shard": 1024})
     config.salt = "medclm"  # salt of the pseudonymous image ids: set your own secret for real data
     return config

@@ -37,8 +37,32 @@ class ShardSpec:
         return f"{self.split}-{self.index:05d}-of-{self.num_shards:05d}.tfrecord"
 
 
+def plan_domains(item: ImageItem) -> list[str]:
+    """The domains an image is stratified under: its lesion classes with the adapter's modality."""
+    from data_gen.pipeline import domain_of
+    from data_gen.types import NO_FINDING
+
+    labels = sorted({les.label for les in item.lesions}) or [NO_FINDING]
+    return [domain_of(label, item.modality or "unknown") for label in labels]
+
+
 def plan_shards(items: Iterable[ImageItem], cfg) -> list[ShardSpec]:
-    """Groups items into shards: per split, ordered by pseudonymous id, about `records_per_shard` records each."""
+    """Groups items into shards: per split, ordered by pseudonymous id, about `records_per_shard` records each.
+
+    With `curriculum.stratify` (default True) the curriculum pool of every image is decided here, per domain
+    within its split (`splits.stratified_pools`), and carried in `item.extra['curriculum_pool']`.
+    """
+    items = list(items)
+    if cfg.curriculum.get("stratify", True):
+        # stratified within each split: the train split's every domain gets both pools
+        ids = []
+        for it in items:
+            split = splits.patient_split(cfg.salt, it.source, it.patient_key, cfg.split.val, cfg.split.test)
+            ids.append((splits.pseudonymous_id(cfg.salt, it.source, it.image_key),
+                        [f"{split}/{d}" for d in plan_domains(it)]))
+        pools = splits.stratified_pools(cfg.salt, ids, cfg.curriculum.hard_fraction)
+        for it, (image_id, _) in zip(items, ids):
+            it.extra["curriculum_pool"] = pools[image_id]
     by_split: dict[str, list[tuple[str, ImageItem]]] = collections.defaultdict(list)
     for item in items:
         split = splits.patient_split(cfg.salt, item.source, item.patient_key, cfg.split.val, cfg.split.test)
@@ -68,7 +92,8 @@ def build_fingerprint(cfg, specs: list[ShardSpec]) -> str:
     for s in specs:
         h.update(s.filename.encode())
         for item in s.items:
-            h.update(f"{item.source}\x1f{item.image_key}\x1f{len(item.lesions)}\x1f{item.negative}".encode())
+            h.update(f"{item.source}\x1f{item.image_key}\x1f{len(item.lesions)}\x1f{item.negative}"
+                     f"\x1f{item.extra.get('curriculum_pool', '')}".encode())
     return h.hexdigest()[:24]
 
 
