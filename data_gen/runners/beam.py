@@ -10,6 +10,7 @@ output bytes.
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 from data_gen.runners.shards import ShardSpec
@@ -37,7 +38,7 @@ def run_shards(out_dir: str, specs: list[ShardSpec], cfg, class_vocab: dict[str,
 
             from data_gen import synth
 
-            self.cfg = ml_collections.ConfigDict(__import__("json").loads(cfg_json))
+            self.cfg = ml_collections.ConfigDict(json.loads(cfg_json))
             self.synthesizer = synth.get_synthesizer(self.cfg.synth)
 
         def process(self, element):

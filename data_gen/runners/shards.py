@@ -52,21 +52,20 @@ def plan_shards(items: Iterable[ImageItem], cfg) -> list[ShardSpec]:
     With `curriculum.stratify` (default True) the curriculum pool of every image is decided here, per domain
     within its split (`splits.stratified_pools`), and carried in `item.extra['curriculum_pool']`.
     """
-    items = list(items)
+    # One pass for the salted id and the patient split of every image; the pools and the shards both use them.
+    planned = [(item, splits.pseudonymous_id(cfg.salt, item.source, item.image_key),
+                splits.patient_split(cfg.salt, item.source, item.patient_key, cfg.split.val, cfg.split.test))
+               for item in items]
     if cfg.curriculum.get("stratify", True):
         # stratified within each split: the train split's every domain gets both pools
-        ids = []
-        for it in items:
-            split = splits.patient_split(cfg.salt, it.source, it.patient_key, cfg.split.val, cfg.split.test)
-            ids.append((splits.pseudonymous_id(cfg.salt, it.source, it.image_key),
-                        [f"{split}/{d}" for d in plan_domains(it)]))
-        pools = splits.stratified_pools(cfg.salt, ids, cfg.curriculum.hard_fraction)
-        for it, (image_id, _) in zip(items, ids):
-            it.extra["curriculum_pool"] = pools[image_id]
+        pools = splits.stratified_pools(
+            cfg.salt, [(image_id, [f"{split}/{d}" for d in plan_domains(item)]) for item, image_id, split in planned],
+            cfg.curriculum.hard_fraction)
+        for item, image_id, _ in planned:
+            item.extra["curriculum_pool"] = pools[image_id]
     by_split: dict[str, list[tuple[str, ImageItem]]] = collections.defaultdict(list)
-    for item in items:
-        split = splits.patient_split(cfg.salt, item.source, item.patient_key, cfg.split.val, cfg.split.test)
-        by_split[split].append((splits.pseudonymous_id(cfg.salt, item.source, item.image_key), item))
+    for item, image_id, split in planned:
+        by_split[split].append((image_id, item))
     target = max(1, int(cfg.write.records_per_shard))
     specs = []
     for split in splits.SPLITS:
