@@ -155,8 +155,7 @@ class Embedder(nn.Module):
         return x * jnp.asarray(math.sqrt(self.width), self.dtype)
 
     def decode(self, x: Array) -> Array:
-        return jnp.einsum('btd,vd->btv', x, self.embedding.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return layers.dense(x, self.embedding.astype(self.dtype), transpose_w=True, out_dtype=jnp.float32)
 
 
 class Block(nn.Module):

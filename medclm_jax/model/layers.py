@@ -20,6 +20,8 @@ says which slots are visible. Keeping every layer's cache the same length ``S`` 
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -83,6 +85,69 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
     sin = jnp.sin(angles).astype(x.dtype)[:, :, None, :]
     x1, x2 = jnp.split(x, 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _dot2d(a: Array, b: Array, a_dim: int, b_dim: int, out_dtype: DType | None) -> Array:
+    """``dot_general`` of two matrices contracting ``a``'s axis ``a_dim`` with ``b``'s axis ``b_dim``."""
+    return jax.lax.dot_general(a, b, (((a_dim,), (b_dim,)), ((), ())), preferred_element_type=out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def dense(x: Array, w: Array, contract: int = 1, transpose_w: bool = False, out_dtype: DType | None = None
+          ) -> Array:
+    """A projection: ``x``'s last ``contract`` axes times ``w``'s first ``contract`` axes (its last ones if
+    ``transpose_w``), as one 2-D matrix product.
+
+    ``dense(x[B, T, D], w[D, H, Dh])`` is ``einsum('btd,dhk->bthk')``, ``dense(o[B, T, H, Dh], w[H, Dh, D], 2)``
+    is ``einsum('bthk,hkd->btd')`` and ``dense(x[B, T, D], emb[V, D], transpose_w=True)`` is
+    ``einsum('btd,vd->btv')``. The value equals the einsum; the reason for this function is its hand-written
+    gradient: ``dx = g @ w^T`` and ``dw = x^T @ g`` over the flattened ``[B*T, ...]`` rows. Autodiff of the
+    batched einsum makes XLA:CPU materialize a transposed copy of ``g`` fused with the preceding elementwise
+    gradient (gelu, softmax), which ran at a few hundred MB/s and cost more than the matrix products
+    (``benchmarks/model.py``: the whole training step is ~2x faster with this).
+
+    Args:
+      x: ``[..., K1, .., Kc]`` activations.
+      w: ``[K1, .., Kc, N...]`` (or ``[N..., K1, .., Kc]`` with ``transpose_w``) weights, cast by the caller.
+      contract: how many trailing axes of ``x`` are contracted.
+      transpose_w: the contracted axes are ``w``'s last ones.
+      out_dtype: ``preferred_element_type`` of the forward product (e.g. float32 logits from bf16).
+    Returns:
+      ``[..., N...]``.
+    """
+    return _dense_fwd(x, w, contract, transpose_w, out_dtype)[0]
+
+
+def _dense_shapes(x: Array, w: Array, contract: int, transpose_w: bool) -> tuple[int, tuple[int, ...]]:
+    k_shape = x.shape[x.ndim - contract:]
+    w_k = w.shape[w.ndim - contract:] if transpose_w else w.shape[:contract]
+    if k_shape != w_k:
+        raise ValueError(f"dense: contracted axes of x {x.shape} and w {w.shape} differ: {k_shape} vs {w_k}")
+    n_shape = w.shape[:w.ndim - contract] if transpose_w else w.shape[contract:]
+    return math.prod(k_shape), n_shape
+
+
+def _dense_fwd(x, w, contract, transpose_w, out_dtype):
+    k, n_shape = _dense_shapes(x, w, contract, transpose_w)
+    n = math.prod(n_shape)
+    w2 = w.reshape(n, k) if transpose_w else w.reshape(k, n)
+    y = _dot2d(x.reshape(-1, k), w2, 1, 1 if transpose_w else 0, out_dtype)
+    return y.reshape(x.shape[:x.ndim - contract] + n_shape), (x, w)
+
+
+def _dense_bwd(contract, transpose_w, out_dtype, res, g):
+    del out_dtype
+    x, w = res
+    k, n_shape = _dense_shapes(x, w, contract, transpose_w)
+    n = math.prod(n_shape)
+    x2, g2 = x.reshape(-1, k), g.reshape(-1, n).astype(x.dtype)
+    w2 = w.reshape(n, k) if transpose_w else w.reshape(k, n)
+    dx = _dot2d(g2, w2, 1, 0 if transpose_w else 1, None)  # [M, K]
+    dw = _dot2d(g2, x2, 0, 0, None) if transpose_w else _dot2d(x2, g2, 0, 0, None)  # [N, K] or [K, N]
+    return dx.astype(x.dtype).reshape(x.shape), dw.astype(w.dtype).reshape(w.shape)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def write_cache(buf: Array, new: Array, end: Array) -> Array:
@@ -153,9 +218,9 @@ class Attention(nn.Module):
         wo = _dense_param(self, 'o', (h, dh, d), ('q_heads', 'head_dim', 'embed'), (0, 1), 2, self.param_dtype)
 
         x = x.astype(self.dtype)
-        q = jnp.einsum('btd,dhk->bthk', x, wq.astype(self.dtype))
-        k = jnp.einsum('btd,dhk->bthk', x, wk.astype(self.dtype))
-        v = jnp.einsum('btd,dhk->bthk', x, wv.astype(self.dtype))
+        q = dense(x, wq.astype(self.dtype))
+        k = dense(x, wk.astype(self.dtype))
+        v = dense(x, wv.astype(self.dtype))
         q = nn.with_logical_constraint(q, ('act_batch', 'act_len', 'act_heads', None))
         if self.qk_norm:
             q = RMSNorm(self.norm_eps, self.param_dtype, name='q_norm')(q)
@@ -186,7 +251,7 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum('bkgts,bskd->btkgd', probs, v).reshape(b, t, h, dh)
         out = nn.with_logical_constraint(out, ('act_batch', 'act_len', 'act_heads', None))
-        y = jnp.einsum('bthk,hkd->btd', out, wo.astype(self.dtype))
+        y = dense(out, wo.astype(self.dtype), 2)
         return y, new_cache
 
 
@@ -204,7 +269,7 @@ class GeGLU(nn.Module):
         w_up = _dense_param(self, 'up', (d, self.mlp_dim), ('embed', 'mlp'), 0, 1, self.param_dtype)
         w_down = _dense_param(self, 'down', (self.mlp_dim, d), ('mlp', 'embed'), 0, 1, self.param_dtype)
         x = x.astype(self.dtype)
-        gate = jax.nn.gelu(x @ w_gate.astype(self.dtype), approximate=True)
-        hidden = gate * (x @ w_up.astype(self.dtype))
+        gate = jax.nn.gelu(dense(x, w_gate.astype(self.dtype)), approximate=True)
+        hidden = gate * dense(x, w_up.astype(self.dtype))
         hidden = nn.with_logical_constraint(hidden, ('act_batch', 'act_len', 'act_mlp'))
-        return hidden @ w_down.astype(self.dtype)
+        return dense(hidden, w_down.astype(self.dtype))

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medclm_jax.model.layers import dense
+
 Array = jax.Array
 
 REMAT_POLICIES = {
@@ -141,7 +143,7 @@ class Attention(nn.Module):
         def proj(name):
             w = _param(self, f"{name}_kernel", init, (d, h, hd), ("embed", "q_heads", "head_dim"), pdt)
             b = _param(self, f"{name}_bias", nn.initializers.zeros, (h, hd), ("q_heads", "head_dim"), pdt)
-            return jnp.einsum("btd,dnh->btnh", x, w.astype(dt)) + b.astype(dt)
+            return dense(x, w.astype(dt)) + b.astype(dt)
 
         q, k, v = proj("q"), proj("k"), proj("v")
         q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", None))
@@ -150,7 +152,7 @@ class Attention(nn.Module):
         out = jnp.einsum("bnqk,bknh->bqnh", probs, v)
         wo = _param(self, "out_kernel", init, (h, hd, d), ("q_heads", "head_dim", "embed"), pdt)
         bo = _param(self, "out_bias", nn.initializers.zeros, (d,), ("embed",), pdt)
-        return jnp.einsum("bqnh,nhd->bqd", out, wo.astype(dt)) + bo.astype(dt)
+        return dense(out, wo.astype(dt), 2) + bo.astype(dt)
 
 
 class Mlp(nn.Module):
@@ -167,10 +169,10 @@ class Mlp(nn.Module):
         b1 = _param(self, "fc1_bias", nn.initializers.zeros, (cfg.mlp_dim,), ("mlp",), pdt)
         w2 = _param(self, "fc2_kernel", init, (cfg.mlp_dim, cfg.width), ("mlp", "embed"), pdt)
         b2 = _param(self, "fc2_bias", nn.initializers.zeros, (cfg.width,), ("embed",), pdt)
-        h = jnp.einsum("btd,dm->btm", x, w1.astype(dt)) + b1.astype(dt)
+        h = dense(x, w1.astype(dt)) + b1.astype(dt)
         h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_mlp"))
         h = jax.nn.gelu(h, approximate=True)
-        return jnp.einsum("btm,md->btd", h, w2.astype(dt)) + b2.astype(dt)
+        return dense(h, w2.astype(dt)) + b2.astype(dt)
 
 
 class EncoderBlock(nn.Module):
@@ -217,7 +219,7 @@ class SiglipEncoder(nn.Module):
         pos = _param(self, "pos_embedding", nn.initializers.normal(cfg.width**-0.5),
                      (cfg.num_patches, cfg.width), ("vision_pos", "embed"), pdt)
         x = patchify(image.astype(dt), cfg.patch_size)
-        x = jnp.einsum("btp,pd->btd", x, w.astype(dt)) + b.astype(dt)
+        x = dense(x, w.astype(dt)) + b.astype(dt)
         x = x + pos.astype(dt)[None]
         x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
 

@@ -181,7 +181,7 @@ class PaliGemmaProjector(nn.Module):
         w = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "embed")),
                        (dv, dt), pdtype)
         b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (dt,), pdtype)
-        return jnp.einsum("bnv,vd->bnd", tokens.astype(dtype), w.astype(dtype)) + b.astype(dtype)
+        return layers.dense(tokens.astype(dtype), w.astype(dtype)) + b.astype(dtype)
 
 
 class Gemma3Projector(nn.Module):
@@ -200,7 +200,7 @@ class Gemma3Projector(nn.Module):
         x = layers.RMSNorm(cfg.vision.layer_norm_eps, pdtype, name="mm_soft_emb_norm")(x)
         w = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "embed")),
                        (dv, cfg.text.width), pdtype)
-        return jnp.einsum("bnv,vd->bnd", x.astype(dtype), w.astype(dtype))
+        return layers.dense(x.astype(dtype), w.astype(dtype))
 
 
 class VLM(nn.Module):
