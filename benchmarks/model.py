@@ -267,7 +267,76 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 # GPU: paligemma_3b_224 in bf16, MFU.
 # ------------------------------------------------------------------------------------------------------------
 
+def hf_gpu_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """HF PyTorch fwd+bwd of the same preset on the GPU: fp32 params, bf16 autocast (the usual HF recipe).
+
+    Run in a child process (``--hf-worker``) before JAX touches the GPU, so the two frameworks' allocators
+    never share the card.
+    """
+    import torch
+    import transformers
+
+    from medclm_jax.model import convert
+
+    cfg = presets.get_model_config(args.preset)
+    hf_cfg = convert.vlm_config_to_hf(cfg)
+    hf_cfg.pop("architectures", None)
+    config = transformers.AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
+    cls = (transformers.PaliGemmaForConditionalGeneration if cfg.family == "paligemma"
+           else transformers.Gemma3ForConditionalGeneration)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to try this code path without a GPU
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.device(dev):
+        model = cls(config).float()
+    init_s = time.perf_counter() - t0
+    model.train()
+    batch = make_batch(cfg, args.batch, args.text_len, args.prompt_len)
+    inputs = {k: torch.from_numpy(v).to(dev) for k, v in vlm.hf_inputs(cfg, batch).items()}
+    targets = torch.from_numpy(batch["text"][:, 1:].astype(np.int64)).to(dev)
+    mask = torch.from_numpy(batch["mask_loss"][:, 1:].astype(np.float32)).to(dev)
+    prefix = cfg.num_prefix_tokens
+
+    def step():
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            logits = model(**inputs).logits[:, prefix:-1]
+        nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                reduction="none").reshape(targets.shape)
+        loss = (nll * mask).sum() / mask.sum().clamp(min=1.0)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        sync()
+        return float(loss.detach())
+
+    t0 = time.perf_counter()
+    step()
+    first_s = time.perf_counter() - t0
+    step()
+    return {"init_s": init_s, "first_s": first_s, "step_s": time_calls(step, args.steps),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def hf_gpu_baseline(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Runs :func:`hf_gpu_worker` in a child process; None (with the reason printed) if it fails."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, os.path.abspath(__file__), "--gpu", "--hf-worker", "--preset", args.preset,
+               "--batch", str(args.batch), "--text-len", str(args.text_len), "--prompt-len", str(args.prompt_len),
+               "--steps", str(args.steps), "--json", out.name]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"HF baseline failed (rc={proc.returncode}); its last output:\n{proc.stderr[-2000:]}")
+            return None
+        with open(out.name) as f:
+            return json.load(f)
+
+
 def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    hf = None if args.no_hf else hf_gpu_baseline(args)  # first: before JAX allocates the GPU
     cfg = presets.get_model_config(args.preset, dtype="bfloat16", param_dtype=args.param_dtype,
                                    scan_layers=True, remat_policy=args.remat)
     model = vlm.VLM(cfg)
@@ -302,8 +371,21 @@ def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         ("temp memory GiB", fmt(ours.get("temp_gib"), 2)),
         (f"decode tokens/s (B={args.decode_batch}, {args.new_tokens} new)", fmt(dps)),
     ]
-    print_table(rows, header=("measure", "ours (JAX)"))
-    return {"preset": args.preset, "device": device, "n_params": int(n_params), "init_s": init_s,
+    if hf is not None:
+        hf_tps = tokens / hf["step_s"]
+        hf_mfu = flops.mfu(hf_tps, count.train_per_token, args.peak_flops, 1)
+        hf_rows = {"fwd+bwd tokens/s (text tokens)": (fmt(hf_tps), f"{tps / hf_tps:.2f}x"),
+                   "fwd+bwd s/step (median)": (fmt(hf["step_s"], 4), f"{hf['step_s'] / ours['step_s']:.2f}x"),
+                   "compile s": (f"{fmt(hf['first_s'], 1)} (first step)", ""),
+                   "model GFLOP/token (fwd+bwd)": (fmt(count.train_per_token / 1e9, 2), ""),
+                   f"MFU (peak {args.peak_flops / 1e12:g} TFLOP/s per device)": (f"{100 * hf_mfu:.1f}%", ""),
+                   "temp memory GiB": (f"{hf['peak_gib']:.2f} (peak allocated)", "")}
+        rows = [r + hf_rows.get(r[0], ("-", "")) for r in rows]
+        print_table(rows, header=("measure", "ours (JAX)", f"HF (PyTorch {hf['torch']}, bf16 autocast)",
+                                  "ours / HF"))
+    else:
+        print_table(rows, header=("measure", "ours (JAX)"))
+    return {"hf": hf, "preset": args.preset, "device": device, "n_params": int(n_params), "init_s": init_s,
             "tokens_per_s": tps, "mfu": mfu, "decode_tokens_per_s": dps,
             "train_flops_per_token": count.train_per_token, **{f"train_{k}": v for k, v in ours.items()}}
 
@@ -325,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-flops", type=float, default=H200_BF16_DENSE, help="peak FLOP/s per device, for MFU")
     p.add_argument("--param-dtype", default="float32", help="GPU mode: parameter dtype (compute is bf16)")
     p.add_argument("--remat", default="minimal", choices=["none", "minimal", "full"], help="GPU mode remat")
+    p.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)  # GPU mode's HF child process
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
     args.preset = args.preset or ("paligemma_3b_224" if args.gpu else "small")
@@ -332,7 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     args.text_len = args.text_len or (128 if args.gpu else 64)
     if not 0 < args.prompt_len < args.text_len:
         p.error("--prompt-len must be between 1 and --text-len - 1")
-    results = gpu_benchmark(args) if args.gpu else cpu_benchmark(args)
+    if args.hf_worker:
+        results = hf_gpu_worker(args)
+    else:
+        results = gpu_benchmark(args) if args.gpu else cpu_benchmark(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=float)
