@@ -8,16 +8,25 @@ printed as a check), and measures at the same batch and length:
   optimizer update), with our compile time and HF's first (warm-up) step reported separately;
 - decode tokens/s: our jitted prefill + KV-cache loop (``vlm.generate``) against HF ``generate``
   (greedy, a fixed number of new tokens, EOS ignored by both), prefill included in both;
-- model FLOPs per token (``medclm_jax.model.flops``) beside the throughput.
+- model FLOPs per token (``medclm_jax.model.flops``) beside the throughput;
+- the machine's ceiling: fp32 GFLOP/s of one ``[batch*positions, width] x [width, mlp]`` product in XLA and
+  torch, and the step time the model's FLOPs would take at the better of the two. ``HF s/step`` over that
+  floor is the largest speed-up any implementation could show over HF on this machine.
+
+Ours and HF are timed interleaved (``ours, HF, ours, HF, ...``; medians), so noise from other work on a
+shared machine falls on both. ``--sweep 1,2,8`` adds a table of fwd+bwd at several batch sizes.
 
 GPU mode (``--gpu``) runs ``paligemma_3b_224`` (random init, sharded init on all local devices, bf16 compute)
 and reports forward+backward tokens/s and MFU against ``--peak-flops`` per device (default: H200 bf16 dense
-989 TFLOP/s), plus cached decoding tokens/s. torch is only imported in CPU mode (this script is not
-production code).
+989 TFLOP/s), plus cached decoding tokens/s. Unless ``--no-hf``, it first runs the same model in HF PyTorch
+(fp32 params, bf16 autocast) in a child process and prints the two side by side. ``benchmarks/device_model.sh``
+is the prepared GPU run; ``benchmarks/results/`` keeps the JSON of one on an H200. torch is never imported by
+the package itself (this script is not production code).
 
 Usage::
 
     python benchmarks/model.py                       # CPU table, small preset
+    python benchmarks/model.py --sweep 1,2,8         # plus fwd+bwd by batch size
     python benchmarks/model.py --gpu --batch 16 --text-len 128
 """
 
@@ -69,40 +78,57 @@ def loss_fn(model: vlm.VLM, params: Any, batch: dict[str, Any]) -> jax.Array:
 
 def time_calls(fn, steps: int) -> float:
     """Median seconds per call of ``fn`` (which must block until its result is ready)."""
-    times = []
+    return time_interleaved({"fn": fn}, steps)["fn"]
+
+
+def time_interleaved(fns: dict[str, Any], steps: int) -> dict[str, float]:
+    """Median seconds per call of each function, called round-robin (``a b a b ...``) so that noise from
+    other work on the machine falls on all of them alike rather than on whichever ran during it."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def ours_train_step(model: vlm.VLM, params: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+    """Our compiled forward+backward as a blocking zero-argument step, and its compile time, loss, memory."""
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(model, p, b)))
+    t0 = time.perf_counter()
+    compiled = grad_fn.lower(params, batch).compile()
+    info = {"compile_s": time.perf_counter() - t0}
+    info["loss"] = float(jax.block_until_ready(compiled(params, batch))[0])  # first run: allocations
+    memory = compiled.memory_analysis()
+    if memory is not None and getattr(memory, "temp_size_in_bytes", None) is not None:
+        info["temp_gib"] = memory.temp_size_in_bytes / 2**30
+    return (lambda: jax.block_until_ready(compiled(params, batch))), info
 
 
 def ours_train(model: vlm.VLM, params: Any, batch: dict[str, Any], steps: int) -> dict[str, float]:
     """Compile time and seconds per forward+backward step of our model."""
-    grad_fn = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(model, p, b)))
-    t0 = time.perf_counter()
-    compiled = grad_fn.lower(params, batch).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(params, batch))  # first run: allocations
-    step_s = time_calls(lambda: jax.block_until_ready(compiled(params, batch)), steps)
-    loss = float(compiled(params, batch)[0])
-    out = {"compile_s": compile_s, "step_s": step_s, "loss": loss}
-    memory = compiled.memory_analysis()
-    if memory is not None and getattr(memory, "temp_size_in_bytes", None) is not None:
-        out["temp_gib"] = memory.temp_size_in_bytes / 2**30
-    return out
+    step, info = ours_train_step(model, params, batch)
+    return info | {"step_s": time_calls(step, steps)}
 
 
-def ours_decode(cfg: vlm.VLMConfig, variables: Any, batch: dict[str, Any], new_tokens: int, steps: int
-                ) -> dict[str, Any]:
-    """First-call (compile) and steady-state seconds of our prefill + KV-cache decoding."""
+def ours_decode_run(cfg: vlm.VLMConfig, variables: Any, batch: dict[str, Any], new_tokens: int
+                    ) -> tuple[Any, dict[str, Any]]:
+    """Our prefill + KV-cache decoding as a blocking zero-argument call; its first (compiling) call's time and
+    the tokens it generated."""
     def run():
         out = vlm.generate(cfg, variables, batch, max_new_tokens=new_tokens, eos_id=())  # () = never stop
         return jax.block_until_ready(out)
     t0 = time.perf_counter()
     out = run()
-    first_s = time.perf_counter() - t0
-    return {"first_s": first_s, "step_s": time_calls(run, steps), "tokens": np.asarray(out.tokens)}
+    return run, {"first_s": time.perf_counter() - t0, "tokens": np.asarray(out.tokens)}
+
+
+def ours_decode(cfg: vlm.VLMConfig, variables: Any, batch: dict[str, Any], new_tokens: int, steps: int
+                ) -> dict[str, Any]:
+    """First-call (compile) and steady-state seconds of our prefill + KV-cache decoding."""
+    run, info = ours_decode_run(cfg, variables, batch, new_tokens)
+    return info | {"step_s": time_calls(run, steps)}
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
@@ -148,8 +174,9 @@ def params_from_hf(cfg: vlm.VLMConfig, model) -> Any:
     return jax.tree.map(jnp.asarray, convert.hf_to_vlm_params(state.__getitem__, list(state), cfg))
 
 
-def hf_train(model, inputs: dict[str, Any], batch: dict[str, np.ndarray], prefix: int, steps: int
-             ) -> dict[str, float]:
+def hf_train_step(model, inputs: dict[str, Any], batch: dict[str, np.ndarray], prefix: int
+                  ) -> tuple[Any, dict[str, float]]:
+    """HF's forward+backward (same loss as ``loss_fn``) as a zero-argument step, and its first step's time."""
     import torch
 
     model.train()
@@ -168,11 +195,28 @@ def hf_train(model, inputs: dict[str, Any], batch: dict[str, np.ndarray], prefix
 
     t0 = time.perf_counter()
     loss = step()
-    first_s = time.perf_counter() - t0
-    return {"first_s": first_s, "step_s": time_calls(step, steps), "loss": loss}
+    return step, {"first_s": time.perf_counter() - t0, "loss": loss}
 
 
-def hf_decode(model, inputs: dict[str, Any], new_tokens: int, steps: int) -> dict[str, Any]:
+def matmul_peak(m: int, k: int, n: int, steps: int) -> dict[str, float]:
+    """fp32 GFLOP/s of one ``[m, k] @ [k, n]`` product in XLA and in torch: the machine's ceiling for a model
+    made of such products (with the same threads the benchmark uses)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+    mm = jax.jit(jnp.matmul)
+    mm(ja, jb).block_until_ready()
+    reps = 10  # several products per timed call: each is only a few ms
+    t = time_interleaved({"xla": lambda: [mm(ja, jb).block_until_ready() for _ in range(reps)],
+                          "torch": lambda: [ta @ tb for _ in range(reps)]}, max(steps, 5))
+    return {name: 2 * m * k * n * reps / sec / 1e9 for name, sec in t.items()}
+
+
+def hf_decode_run(model, inputs: dict[str, Any], new_tokens: int) -> tuple[Any, dict[str, Any]]:
+    """HF ``generate`` (greedy, exactly ``new_tokens`` new tokens) as a zero-argument call, its first call's
+    time and the tokens it generated."""
     import torch
 
     model.eval()
@@ -185,16 +229,14 @@ def hf_decode(model, inputs: dict[str, Any], new_tokens: int, steps: int) -> dic
                                   do_sample=False, eos_token_id=None, pad_token_id=0)
     t0 = time.perf_counter()
     out = run()
-    first_s = time.perf_counter() - t0
-    return {"first_s": first_s, "step_s": time_calls(run, steps), "tokens": out[:, prompt_len:].numpy()}
+    return run, {"first_s": time.perf_counter() - t0, "tokens": out[:, prompt_len:].numpy()}
 
 
 def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     cfg = presets.get_model_config(args.preset)
     model = vlm.VLM(cfg)
-    batch = make_batch(cfg, args.batch, args.text_len, args.prompt_len)
-    dec_batch = make_batch(cfg, args.decode_batch, args.decode_prompt_len, args.decode_prompt_len, seed=1)
     count = flops.model_flops(cfg, args.text_len)
+    gflop = count.train_per_token / 1e9
     results: dict[str, Any] = {"preset": args.preset, "batch": args.batch, "text_len": args.text_len,
                                "seq_len": count.seq_len, "train_flops_per_token": count.train_per_token,
                                "threads": {"torch": None, "jax_devices": jax.device_count()}}
@@ -209,41 +251,68 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     else:
         params = sharding.unbox(jax.jit(model.init)(jax.random.key(0), {k: jnp.asarray(v) for k, v in
                                                                         vlm.dummy_batch(cfg).items()}))["params"]
-    dev_batch = {k: jnp.asarray(v) for k, v in batch.items()}
 
-    ours = ours_train(model, params, dev_batch, args.steps)
-    ours_dec = ours_decode(cfg, {"params": params}, dec_batch, args.new_tokens, args.steps)
-    results["ours"] = {k: v for k, v in ours.items()} | {"decode_first_s": ours_dec["first_s"],
-                                                          "decode_step_s": ours_dec["step_s"]}
-    tokens = args.batch * args.text_len
-    dec_tokens = args.decode_batch * args.new_tokens
-    theirs, theirs_dec = {}, {}
+    def train_pair(batch_size: int) -> dict[str, Any]:
+        """Ours and HF forward+backward at one batch size, timed interleaved."""
+        batch = make_batch(cfg, batch_size, args.text_len, args.prompt_len)
+        ours_step, ours_info = ours_train_step(model, params, {k: jnp.asarray(v) for k, v in batch.items()})
+        fns = {"ours": ours_step}
+        hf_info: dict[str, Any] = {}
+        if hf is not None:
+            fns["hf"], hf_info = hf_train_step(hf, vlm.hf_inputs(cfg, batch), batch, cfg.num_prefix_tokens)
+        t = time_interleaved(fns, args.steps)
+        tokens = batch_size * args.text_len
+        out = {"batch": batch_size, "ours": ours_info | {"step_s": t["ours"], "tokens_per_s": tokens / t["ours"]}}
+        if hf is not None:
+            out["hf"] = hf_info | {"step_s": t["hf"], "tokens_per_s": tokens / t["hf"]}
+        return out
+
+    main_run = train_pair(args.batch)
+    ours, theirs = main_run["ours"], main_run.get("hf", {})
+    results["ours"], results["hf"] = dict(ours), dict(theirs)
+    sweep = [train_pair(b) if b != args.batch else main_run for b in args.sweep]
+    if sweep:
+        results["sweep"] = sweep
+
+    dec_batch = make_batch(cfg, args.decode_batch, args.decode_prompt_len, args.decode_prompt_len, seed=1)
+    dec_fns = {}
+    dec_fns["ours"], ours_dec = ours_decode_run(cfg, {"params": params}, dec_batch, args.new_tokens)
+    theirs_dec: dict[str, Any] = {}
     if hf is not None:
         import torch
+        batch = make_batch(cfg, args.batch, args.text_len, args.prompt_len)
         inputs = vlm.hf_inputs(cfg, batch)
         with torch.no_grad():
             hf.eval()
             hf_logits = hf(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits
-        ours_logits = np.asarray(jax.jit(model.apply)({"params": params}, dev_batch))
+        ours_logits = np.asarray(jax.jit(model.apply)({"params": params}, {k: jnp.asarray(v) for k, v in
+                                                                           batch.items()}))
         results["max_abs_logit_diff"] = float(np.max(np.abs(
             hf_logits[:, cfg.num_prefix_tokens:].numpy() - ours_logits)))
-        theirs = hf_train(hf, inputs, batch, cfg.num_prefix_tokens, args.steps)
-        theirs_dec = hf_decode(hf, vlm.hf_inputs(cfg, dec_batch), args.new_tokens, args.steps)
-        results["hf"] = {"first_step_s": theirs["first_s"], "step_s": theirs["step_s"], "loss": theirs["loss"],
-                         "decode_first_s": theirs_dec["first_s"], "decode_step_s": theirs_dec["step_s"]}
+        dec_fns["hf"], theirs_dec = hf_decode_run(hf, vlm.hf_inputs(cfg, dec_batch), args.new_tokens)
         results["greedy_token_agreement"] = float(np.mean(ours_dec["tokens"] == theirs_dec["tokens"]))
+    dec_t = time_interleaved(dec_fns, args.steps)
+    dec_tokens = args.decode_batch * args.new_tokens
+    ours_dps = dec_tokens / dec_t["ours"]
+    hf_dps = dec_tokens / dec_t["hf"] if "hf" in dec_t else None
+    results["ours"].update(decode_first_s=ours_dec["first_s"], decode_step_s=dec_t["ours"])
+    if hf is not None:
+        results["hf"].update(decode_first_s=theirs_dec["first_s"], decode_step_s=dec_t["hf"])
+
+    # The machine's ceiling: the model is almost all [positions, width] x [width, mlp]-sized fp32 products.
+    peak = None
+    if hf is not None:
+        peak = matmul_peak(args.batch * count.seq_len, cfg.text.width, cfg.text.mlp_dim, args.steps)
+        results["matmul_peak_gflops"] = peak
 
     def ratio(a, b):
         return f"{a / b:.2f}x" if a and b else "-"
-    ours_tps, hf_tps = tokens / ours["step_s"], tokens / theirs["step_s"] if theirs else None
-    ours_dps = dec_tokens / ours_dec["step_s"]
-    hf_dps = dec_tokens / theirs_dec["step_s"] if theirs_dec else None
+    ours_tps, hf_tps = ours["tokens_per_s"], theirs.get("tokens_per_s")
     results.update(ours_train_tokens_per_s=ours_tps, hf_train_tokens_per_s=hf_tps,
                    ours_decode_tokens_per_s=ours_dps, hf_decode_tokens_per_s=hf_dps)
-    gflop = count.train_per_token / 1e9
     print(f"\npreset={args.preset}  batch={args.batch}  text_len={args.text_len} (+{cfg.num_prefix_tokens} image "
           f"tokens = {count.seq_len} decoder positions)  devices={jax.devices()[0].platform} x{jax.device_count()}"
-          f"  torch threads={results['threads']['torch']}")
+          f"  torch threads={results['threads']['torch']}  (medians of {args.steps} interleaved calls)")
     rows = [
         ("fwd+bwd tokens/s (text tokens)", fmt(ours_tps), fmt(hf_tps), ratio(ours_tps, hf_tps)),
         ("fwd+bwd s/step (median)", fmt(ours["step_s"], 3), fmt(theirs.get("step_s"), 3),
@@ -251,6 +320,17 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         ("compile s (ours) / first step s (HF)", fmt(ours["compile_s"], 2), fmt(theirs.get("first_s"), 2), ""),
         ("model GFLOP/token (fwd+bwd)", f"{gflop:.3f}", f"{gflop:.3f}", ""),
         ("achieved GFLOP/s", fmt(ours_tps * gflop), fmt(hf_tps * gflop if hf_tps else None), ""),
+    ]
+    if peak is not None:
+        m, k, n = args.batch * count.seq_len, cfg.text.width, cfg.text.mlp_dim
+        best = max(peak.values())
+        floor_s = args.batch * args.text_len * count.train_per_token / (best * 1e9)
+        rows += [
+            (f"fp32 matmul GFLOP/s ([{m},{k}]x[{k},{n}])", fmt(peak["xla"]), fmt(peak["torch"]), ""),
+            ("fwd+bwd s/step if all FLOPs ran at the best matmul rate", fmt(floor_s, 3), "",
+             f"{theirs['step_s'] / floor_s:.2f}x max"),
+        ]
+    rows += [
         (f"decode tokens/s (B={args.decode_batch}, {args.new_tokens} new)", fmt(ours_dps), fmt(hf_dps),
          ratio(ours_dps, hf_dps)),
         ("decode first call s (compile / warm-up)", fmt(ours_dec["first_s"], 2),
@@ -260,6 +340,11 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if "max_abs_logit_diff" in results:
         print(f"check: same weights, max |logit diff| = {results['max_abs_logit_diff']:.2e}; greedy tokens agree "
               f"{100 * results['greedy_token_agreement']:.0f}%; losses {ours['loss']:.4f} vs {theirs['loss']:.4f}")
+    if sweep:
+        print("\nfwd+bwd by batch size (same text length; each row timed interleaved):")
+        print_table([(str(r["batch"]), fmt(r["ours"]["tokens_per_s"]), fmt(r.get("hf", {}).get("tokens_per_s")),
+                      ratio(r["ours"]["tokens_per_s"], r.get("hf", {}).get("tokens_per_s"))) for r in sweep],
+                    header=("batch", "ours tokens/s", "HF tokens/s", "ours / HF"))
     return results
 
 
@@ -398,10 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="training batch (default 8 CPU, 16 GPU)")
     p.add_argument("--text-len", type=int, default=None, help="text tokens per example (default 64 CPU, 128 GPU)")
     p.add_argument("--prompt-len", type=int, default=16, help="prefix tokens of the training text")
-    p.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument("--steps", type=int, default=7, help="timed repetitions (median reported)")
     p.add_argument("--decode-batch", type=int, default=4)
     p.add_argument("--decode-prompt-len", type=int, default=16, help="text prompt tokens (plus the image)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row")
+    p.add_argument("--sweep", default="", help="CPU mode: also time fwd+bwd at these batch sizes, e.g. 1,2,4,8")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--peak-flops", type=float, default=H200_BF16_DENSE, help="peak FLOP/s per device, for MFU")
@@ -413,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     args.preset = args.preset or ("paligemma_3b_224" if args.gpu else "small")
     args.batch = args.batch or (16 if args.gpu else 8)
     args.text_len = args.text_len or (128 if args.gpu else 64)
+    args.sweep = [int(b) for b in args.sweep.split(",") if b.strip()]
     if not 0 < args.prompt_len < args.text_len:
         p.error("--prompt-len must be between 1 and --text-len - 1")
     if args.hf_worker:
