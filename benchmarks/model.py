@@ -56,15 +56,42 @@ H200_BF16_DENSE = 989e12
 
 def make_batch(cfg: vlm.VLMConfig, batch_size: int, text_len: int, prompt_len: int, seed: int = 0
                ) -> dict[str, np.ndarray]:
-    """A full (unpadded) batch: ``prompt_len`` prefix tokens, then the answer (the loss span)."""
+    """A full (unpadded) batch: ``prompt_len`` prefix tokens, then the answer (the loss span).
+
+    PaliGemma: the image is a prefix outside ``text``; the prompt attends bidirectionally. Gemma 3: ``text``
+    is ``<bos>``, the image placeholders (258 for MedGemma, in addition to ``text_len``), then the rest of the
+    prompt and the answer, all causal (Gemma 3's own layout). The loss span is the last ``text_len -
+    prompt_len`` positions either way; ``prompt_len == text_len`` gives a prompt-only batch (for decoding).
+    """
     rng = np.random.default_rng(seed)
     size = cfg.vision.image_size
-    text = rng.integers(7, cfg.text.vocab_size, size=(batch_size, text_len)).astype(np.int32)
+    length = text_positions(cfg, text_len)
+    text = rng.integers(7, cfg.text.vocab_size, size=(batch_size, length)).astype(np.int32)
+    special = [i for i in (cfg.image_token_id, cfg.boi_token_id, cfg.eoi_token_id) if i is not None]
+    text[np.isin(text, special)] = 7  # Gemma 3 counts image placeholders: none by chance
     text[:, 0] = cfg.bos_token_id
-    mask_ar = np.zeros((batch_size, text_len), np.int32)
-    mask_ar[:, prompt_len:] = 1
+    mask_ar = np.zeros((batch_size, length), np.int32)
+    mask_ar[:, length - (text_len - prompt_len):] = 1
+    mask_loss = mask_ar.copy()
+    if cfg.family == "gemma3":
+        placeholders = vlm.image_placeholder_ids(cfg)
+        text[:, 1:1 + len(placeholders)] = placeholders
+        mask_ar[:] = 1
     return {"image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32), "text": text,
-            "mask_ar": mask_ar, "mask_loss": mask_ar.copy(), "mask_input": np.ones_like(text)}
+            "mask_ar": mask_ar, "mask_loss": mask_loss, "mask_input": np.ones_like(text)}
+
+
+def text_positions(cfg: vlm.VLMConfig, text_len: int) -> int:
+    """Length of ``text`` in a benchmark batch: ``text_len`` text tokens, plus Gemma 3's image placeholders."""
+    return text_len + (len(vlm.image_placeholder_ids(cfg)) if cfg.family == "gemma3" else 0)
+
+
+def train_flops_per_text_token(cfg: vlm.VLMConfig, text_len: int) -> tuple[flops.FlopCount, float]:
+    """The model's FLOP count for a batch row, and fwd+bwd FLOPs per *text* token (image tokens, in the prefix
+    or at Gemma 3's placeholders, are not counted as tokens but their FLOPs are)."""
+    total = text_positions(cfg, text_len)
+    count = flops.model_flops(cfg, total)
+    return count, count.train_per_token * total / text_len
 
 
 def loss_fn(model: vlm.VLM, params: Any, batch: dict[str, Any]) -> jax.Array:
@@ -235,10 +262,10 @@ def hf_decode_run(model, inputs: dict[str, Any], new_tokens: int) -> tuple[Any, 
 def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     cfg = presets.get_model_config(args.preset)
     model = vlm.VLM(cfg)
-    count = flops.model_flops(cfg, args.text_len)
-    gflop = count.train_per_token / 1e9
+    count, per_token = train_flops_per_text_token(cfg, args.text_len)
+    gflop = per_token / 1e9
     results: dict[str, Any] = {"preset": args.preset, "batch": args.batch, "text_len": args.text_len,
-                               "seq_len": count.seq_len, "train_flops_per_token": count.train_per_token,
+                               "seq_len": count.seq_len, "train_flops_per_token": per_token,
                                "threads": {"torch": None, "jax_devices": jax.device_count()}}
     hf = None
     if not args.no_hf:
@@ -310,7 +337,7 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ours_tps, hf_tps = ours["tokens_per_s"], theirs.get("tokens_per_s")
     results.update(ours_train_tokens_per_s=ours_tps, hf_train_tokens_per_s=hf_tps,
                    ours_decode_tokens_per_s=ours_dps, hf_decode_tokens_per_s=hf_dps)
-    print(f"\npreset={args.preset}  batch={args.batch}  text_len={args.text_len} (+{cfg.num_prefix_tokens} image "
+    print(f"\npreset={args.preset}  batch={args.batch}  text_len={args.text_len} (+{cfg.num_image_tokens} image "
           f"tokens = {count.seq_len} decoder positions)  devices={jax.devices()[0].platform} x{jax.device_count()}"
           f"  torch threads={results['threads']['torch']}  (medians of {args.steps} interleaved calls)")
     rows = [
@@ -324,7 +351,7 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if peak is not None:
         m, k, n = args.batch * count.seq_len, cfg.text.width, cfg.text.mlp_dim
         best = max(peak.values())
-        floor_s = args.batch * args.text_len * count.train_per_token / (best * 1e9)
+        floor_s = args.batch * args.text_len * per_token / (best * 1e9)
         rows += [
             (f"fp32 matmul GFLOP/s ([{m},{k}]x[{k},{n}])", fmt(peak["xla"]), fmt(peak["torch"]), ""),
             ("fwd+bwd s/step if all FLOPs ran at the best matmul rate", fmt(floor_s, 3), "",
@@ -437,32 +464,32 @@ def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         ours = ours_train(model, params, batch, args.steps)
         dec_batch = make_batch(cfg, args.decode_batch, args.decode_prompt_len, args.decode_prompt_len, seed=1)
         dec = ours_decode(cfg, {"params": params}, dec_batch, args.new_tokens, args.steps)
-    count = flops.model_flops(cfg, args.text_len)
+    count, per_token = train_flops_per_text_token(cfg, args.text_len)
     tokens = args.batch * args.text_len
     tps = tokens / ours["step_s"]
-    mfu = flops.mfu(tps, count.train_per_token, args.peak_flops, jax.device_count())
+    mfu = flops.mfu(tps, per_token, args.peak_flops, jax.device_count())
     dps = args.decode_batch * args.new_tokens / dec["step_s"]
     device = jax.devices()[0].device_kind
     print(f"\npreset={args.preset} ({n_params / 1e9:.2f}B params, {args.param_dtype} params, bf16 compute, remat="
-          f"{args.remat})  batch={args.batch}  text_len={args.text_len} (+{cfg.num_prefix_tokens} image tokens)  "
+          f"{args.remat})  batch={args.batch}  text_len={args.text_len} (+{cfg.num_image_tokens} image tokens)  "
           f"{device} x{jax.device_count()}  init {init_s:.1f}s")
     rows = [
         ("fwd+bwd tokens/s (text tokens)", fmt(tps)),
         ("fwd+bwd decoder positions/s", fmt(args.batch * count.seq_len / ours["step_s"])),
         ("fwd+bwd s/step (median)", fmt(ours["step_s"], 4)),
         ("compile s", fmt(ours["compile_s"], 1)),
-        ("model GFLOP/token (fwd+bwd)", fmt(count.train_per_token / 1e9, 2)),
+        ("model GFLOP/text token (fwd+bwd)", fmt(per_token / 1e9, 2)),
         (f"MFU (peak {args.peak_flops / 1e12:g} TFLOP/s per device)", f"{100 * mfu:.1f}%"),
         ("temp memory GiB", fmt(ours.get("temp_gib"), 2)),
         (f"decode tokens/s (B={args.decode_batch}, {args.new_tokens} new)", fmt(dps)),
     ]
     if hf is not None:
         hf_tps = tokens / hf["step_s"]
-        hf_mfu = flops.mfu(hf_tps, count.train_per_token, args.peak_flops, 1)
+        hf_mfu = flops.mfu(hf_tps, per_token, args.peak_flops, 1)
         hf_rows = {"fwd+bwd tokens/s (text tokens)": (fmt(hf_tps), f"{tps / hf_tps:.2f}x"),
                    "fwd+bwd s/step (median)": (fmt(hf["step_s"], 4), f"{hf['step_s'] / ours['step_s']:.2f}x"),
                    "compile s": (f"{fmt(hf['first_s'], 1)} (first step)", ""),
-                   "model GFLOP/token (fwd+bwd)": (fmt(count.train_per_token / 1e9, 2), ""),
+                   "model GFLOP/text token (fwd+bwd)": (fmt(per_token / 1e9, 2), ""),
                    f"MFU (peak {args.peak_flops / 1e12:g} TFLOP/s per device)": (f"{100 * hf_mfu:.1f}%", ""),
                    "temp memory GiB": (f"{hf['peak_gib']:.2f} (peak allocated)", "")}
         rows = [r + hf_rows.get(r[0], ("-", "")) for r in rows]
@@ -472,7 +499,7 @@ def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         print_table(rows, header=("measure", "ours (JAX)"))
     return {"hf": hf, "preset": args.preset, "device": device, "n_params": int(n_params), "init_s": init_s,
             "tokens_per_s": tps, "mfu": mfu, "decode_tokens_per_s": dps,
-            "train_flops_per_token": count.train_per_token, **{f"train_{k}": v for k, v in ours.items()}}
+            "train_flops_per_token": per_token, **{f"train_{k}": v for k, v in ours.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
