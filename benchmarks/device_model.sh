@@ -2,7 +2,8 @@
 # The model benchmark's one prepared GPU run (a lent H200, or any CUDA box with jax[cuda], torch, transformers):
 # paligemma_3b_224, bf16 compute, random init; ours against HF PyTorch (bf16 autocast) at batch 16, then ours
 # alone at batch 32 (remat "minimal": without remat, batch 32 asked for 96 GiB of temporaries and ran out of
-# memory). Logs and JSON go to $OUT (default /tmp/medclm-device); benchmarks/results/ keeps an H200 run's JSON.
+# memory), and medgemma_4b (896 px: 4096 patches per image) at batch 8 against HF; then the GPU-only tests.
+# Logs and JSON go to $OUT (default /tmp/medclm-device); benchmarks/results/ keeps an H200 run's JSON.
 #   bash benchmarks/device_model.sh
 set -u
 OUT=${OUT:-/tmp/medclm-device}
@@ -20,3 +21,5 @@ run() {  # name, timeout, args...
 }
 run paligemma_b16 330 --batch 16 --text-len 128
 run paligemma_b32 240 --batch 32 --text-len 128 --no-hf
+run medgemma_b8 300 --preset medgemma_4b --batch 8 --text-len 128
+JAX_PLATFORMS=cuda timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3

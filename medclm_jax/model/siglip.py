@@ -48,6 +48,9 @@ class SiglipConfig:
       param_dtype: parameter dtype name.
       scan_layers: stack the blocks under `nn.scan` (one compiled block; params get a leading `layers` axis).
       remat_policy: 'none', 'minimal' (save matmul outputs) or 'full' (save nothing) rematerialisation per block.
+      attention: 'auto' (cuDNN flash attention on a GPU in bf16/fp16, else XLA), 'xla' (logits materialized:
+        [B, heads, N, N] per layer, 1 GiB per 896 px image in fp32) or 'cudnn'. At 896 px (4096 patches, MedGemma)
+        the materialized logits dominate the vision tower's time and memory on a GPU.
     """
 
     image_size: int = 224
@@ -62,6 +65,7 @@ class SiglipConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
+    attention: str = "auto"
 
     @property
     def head_dim(self) -> int:
@@ -85,10 +89,21 @@ class SiglipConfig:
             )
         if self.remat_policy not in ("none", *REMAT_POLICIES):
             raise ValueError(f"SiglipConfig: remat_policy {self.remat_policy!r} not in none/minimal/full")
+        if self.attention not in ("auto", "xla", "cudnn"):
+            raise ValueError(f"SiglipConfig: attention {self.attention!r} not in auto/xla/cudnn")
 
 
 def _param(module: nn.Module, name: str, init, shape, axes, dtype):
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def use_cudnn_attention(choice: str, dtype: Any) -> bool:
+    """Whether to run attention through cuDNN's fused (flash) kernel: ``'cudnn'`` always (an unsupported
+    setting then fails loudly), ``'auto'`` when the default backend is a GPU and the compute dtype is 16-bit
+    (cuDNN's kernel takes bf16/fp16 only), ``'xla'`` never."""
+    if choice == "cudnn":
+        return True
+    return choice == "auto" and jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
 
 
 def patchify(image: Array, patch_size: int) -> Array:
@@ -147,9 +162,12 @@ class Attention(nn.Module):
 
         q, k, v = proj("q"), proj("k"), proj("v")
         q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", None))
-        logits = jnp.einsum("bqnh,bknh->bnqk", q, k, preferred_element_type=jnp.float32) * hd**-0.5
-        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out = jnp.einsum("bnqk,bknh->bqnh", probs, v)
+        if use_cudnn_attention(cfg.attention, dt):
+            out = jax.nn.dot_product_attention(q, k, v, scale=hd**-0.5, implementation="cudnn")
+        else:
+            logits = jnp.einsum("bqnh,bknh->bnqk", q, k, preferred_element_type=jnp.float32) * hd**-0.5
+            probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+            out = jnp.einsum("bnqk,bknh->bqnh", probs, v)
         wo = _param(self, "out_kernel", init, (h, hd, d), ("q_heads", "head_dim", "embed"), pdt)
         bo = _param(self, "out_bias", nn.initializers.zeros, (d,), ("embed",), pdt)
         return dense(out, wo.astype(dt), 2) + bo.astype(dt)
