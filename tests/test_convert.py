@@ -182,3 +182,24 @@ def test_cli_usage_errors(capsys):
     assert exit_.value.code == 2
     assert convert.main(["--from-hf", "/nonexistent", "--to", "/tmp/x"]) == 1
     assert "config.json: missing" in capsys.readouterr().err
+
+
+def test_reader_copies_each_tensor_and_reports_a_file_cut_short_after_opening(tmp_path):
+    import ml_dtypes
+
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.array([3], np.int64),
+               "e": np.zeros((0, 4), ml_dtypes.bfloat16), "b": np.ones((4, 5), ml_dtypes.bfloat16)}
+    path = tmp_path / "model.safetensors"
+    safetensors_io.write_file(path, tensors.items())
+    reader = safetensors_io.SafetensorsReader(tmp_path)
+    for name, want in tensors.items():
+        got = reader.get(name)
+        assert got.dtype == want.dtype and got.shape == want.shape and got.flags.owndata
+        np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+    reader.close()
+    reader = safetensors_io.SafetensorsReader(tmp_path)
+    with open(path, "r+b") as f:  # the file shrinks after the header was checked
+        f.truncate(path.stat().st_size - 8)
+    with pytest.raises(safetensors_io.SafetensorsError, match=r"tensor 'b' is cut short"):
+        reader.get("b")
+    reader.close()

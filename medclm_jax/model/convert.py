@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_hf:
             cfg, params = load_hf(args.from_hf, param_dtype=args.param_dtype, dtype=args.dtype,
                                   scan_layers=args.layout == "scan")
+            params = _to_jax_leafwise(params)
             save_checkpoint(args.to, cfg, params, tokenizer_dir=args.from_hf, overwrite=args.overwrite)
             log.info("wrote %s (%s, %s params)", args.to, cfg.family, f"{_count(params):,}")
         else:
@@ -345,6 +346,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medclm convert: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _to_jax_leafwise(params: dict[str, Any]) -> Any:
+    """The numpy tree as jax arrays, one leaf at a time, each numpy leaf released once moved: Orbax writes
+    jax arrays with one staging copy, but numpy trees with about two (``benchmarks/convert_memory.py``).
+    Consumes ``params``: the caller must not keep another reference to it."""
+    import jax
+
+    leaves, treedef = jax.tree.flatten(params)
+    params.clear()
+    moved = []
+    while leaves:
+        moved.append(jax.device_put(leaves.pop(0)))
+    return jax.tree.unflatten(treedef, moved)
 
 
 def _count(params) -> int:

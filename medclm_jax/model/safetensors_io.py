@@ -5,8 +5,10 @@ The format is an 8-byte little-endian header length, a JSON header `{name: {dtyp
 through `safetensors.numpy` because numpy has no bfloat16 (checkpoints are mostly bf16) and because a truncated
 or corrupt download must give an error that names the file, not a crash deep inside a Rust binding.
 
-Reading memory-maps each file and copies out one tensor at a time, so converting a 4B model holds one tensor
-(plus the param tree being built), never a second copy of the checkpoint. A folder with
+Reading copies one tensor at a time from the file straight into its own numpy array (``readinto`` at the
+tensor's offset), so converting a 4B model holds one tensor plus the param tree being built, never a second copy
+of the checkpoint. (An earlier version memory-mapped the files: every page it touched stayed in the process's
+resident set until the reader closed, 2.5x the checkpoint at peak; ``benchmarks/convert_memory.py`` measures it.) A folder with
 `model.safetensors.index.json` (HF sharding) is read through its `weight_map`.
 """
 
@@ -17,6 +19,7 @@ import os
 import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -102,7 +105,7 @@ class SafetensorsReader:
         self.path = path
         self._where: dict[str, Path] = {}
         self._headers: dict[Path, tuple[dict, int]] = {}
-        self._maps: dict[Path, np.memmap] = {}
+        self._files: dict[Path, Any] = {}
         if path.is_file():
             files = [path]
         elif (path / INDEX_NAME).is_file():
@@ -149,11 +152,18 @@ class SafetensorsReader:
     def get(self, name: str) -> np.ndarray:
         """Returns a fresh numpy array (its own memory, original dtype) for one tensor."""
         info, file, start = self._info(name)
-        if file not in self._maps:
-            self._maps[file] = np.memmap(file, dtype=np.uint8, mode="r")
         begin, end = info["data_offsets"]
-        raw = self._maps[file][start + begin:start + end]
-        return np.array(raw.view(DTYPES[info["dtype"]]).reshape(info["shape"]))
+        out = np.empty(info["shape"], DTYPES[info["dtype"]])
+        if end > begin:
+            if file not in self._files:
+                self._files[file] = open(file, "rb")  # noqa: SIM115 (closed by close())
+            f = self._files[file]
+            f.seek(start + begin)
+            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+            if got != end - begin:
+                raise SafetensorsError(f"{file}: tensor {name!r} is cut short ({got} of {end - begin} bytes); "
+                                       f"the file is truncated: download it again")
+        return out
 
     __getitem__ = get
 
@@ -165,7 +175,9 @@ class SafetensorsReader:
         return tensors[name], file, start
 
     def close(self) -> None:
-        self._maps.clear()
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
 
 def write_file(path: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]],
