@@ -26,6 +26,10 @@ def _hf_model(variant: str):
     if variant == 'gemma1':
         model = transformers.GemmaForCausalLM(transformers.GemmaConfig(
             num_hidden_layers=2, num_key_value_heads=1, **TINY))
+    elif variant == 'gemma2':
+        model = transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+            num_hidden_layers=4, num_key_value_heads=2, sliding_window=WINDOW, attn_logit_softcapping=4.0,
+            final_logit_softcapping=8.0, query_pre_attn_scalar=24, **TINY))
     else:
         model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
             num_hidden_layers=6, num_key_value_heads=2, sliding_window=WINDOW, query_pre_attn_scalar=24, **TINY))
@@ -173,3 +177,41 @@ def test_sampler_filters_on_known_distribution():
     np.testing.assert_allclose(np.bincount(draw(temperature=0.5), minlength=4) / 4000, sharp, atol=0.03)
     with pytest.raises(ValueError):
         decode.Sampling(top_p=0.0)
+
+
+@pytest.mark.parametrize('variant', ['gemma3', 'gemma2'])
+def test_ring_buffer_caches_match_transformers(variant):
+    """Unrolled layers keep ring buffers of ``WINDOW`` slots on local layers; prompts longer than the window,
+    12 new tokens (3x the window), right and left padding: every row equals HF ``generate`` on its prompt."""
+    model, dec, params = _ours(variant, scan_layers=False)
+    cache = gemma.init_cache(dec.config, 3, 21)
+    assert [k.shape[1] for k in cache['k']] == [WINDOW if dec.config.is_local(i) else 21
+                                                for i in range(dec.config.depth)]
+    assert any(dec.config.local_layers) and not all(dec.config.local_layers)
+    prompts = _prompts([3, 9, 6], seed=3)
+    want = np.stack([_hf_greedy(model, p, 12) for p in prompts])
+    for left in (False, True):
+        out = decode.generate(dec, params, _pad(prompts, left=left), max_new_tokens=12)
+        np.testing.assert_array_equal(np.asarray(out.tokens), want, err_msg=f'{variant} left={left}')
+
+
+def test_ring_buffer_with_holes_in_the_prompt_equals_the_full_cache():
+    """Masked-out tokens inside a prompt (holes): the ring keeps the latest WINDOW *real* keys, so it still
+    equals the stacked full-length cache of the scanned layout."""
+    _, dec_ring, params_ring = _ours('gemma3', scan_layers=False)
+    _, dec_full, params_full = _ours('gemma3', scan_layers=True)
+    tokens = np.stack(_prompts([10, 10], seed=5))
+    input_mask = np.ones((2, 10), bool)
+    input_mask[0, 2:5] = False  # a hole of 3 inside row 0's prompt
+    input_mask[1, 7] = False
+    outs = []
+    for dec, params in ((dec_ring, params_ring), (dec_full, params_full)):
+        x = dec.apply(params, jnp.asarray(tokens), method=dec.embed)
+        outs.append(np.asarray(decode.decode(dec, params, x, input_mask, max_new_tokens=10).tokens))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_ring_cache_needs_unrolled_layers():
+    _, dec, _ = _ours('gemma3', scan_layers=True)
+    with pytest.raises(ValueError, match='unrolled'):
+        gemma.init_cache(dec.config, 1, 32, ring=True)

@@ -10,13 +10,13 @@ padding) and left padding both work, and so do holes: positions count real token
 and row ``b`` writes its generated tokens from slot ``last real index + 1`` on, overwriting its own
 right-padding slots, which only then become visible. Every row needs at least one real token.
 
-Cache. Every layer keeps a full-length cache of ``S = T + max_new_tokens`` slots (``gemma.init_cache``);
-local (sliding-window) layers see only keys with ``q_pos - k_pos < window`` through the mask, rather than
-a ring buffer of ``window`` slots. Why: one cache shape for all layers lets ``nn.scan`` stack them, the mask
-handles left/right padding and prefix-LM prompts with no index arithmetic, and at our lengths (a MedGemma
-prompt of 256 image + ~100 text tokens plus a few hundred answer tokens, window 1024) a ring buffer would
-save nothing. The price at long lengths is memory and attention FLOPs of ``S`` instead of ``window`` keys
-on local layers.
+Cache (``gemma.init_cache``). With unrolled layers (the serving layout, ``medclm convert --layout unrolled``)
+every local (sliding-window) layer keeps a ring buffer of ``window`` slots holding each row's latest ``window``
+real keys, and global layers a full-length cache of ``S = T + max_new_tokens`` slots: a call's queries attend
+to the ring as it was plus the call's own keys, then the ring takes the newest real ones, so prompts longer
+than the window, left/right padding and holes all work (``gemma.ring_context``). With ``scan_layers`` every
+layer needs one cache shape, so all keep ``S`` slots and local layers see their window through the mask; the
+price at long lengths is memory and attention FLOPs of ``S`` instead of ``window`` keys on local layers.
 
 The VLM uses :func:`decode` directly: it prefills its own image + prompt embeddings with its prefix-LM
 ``attn_mask``, and passes the decoder's own variables (``{'params': params['params'][<decoder name>]}``).

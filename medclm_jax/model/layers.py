@@ -193,7 +193,7 @@ class Attention(nn.Module):
     def __call__(self, x: Array, positions: Array, attn_mask: Array, inv_freq: Array,
                  window: Array | None, cache: tuple[Array, Array] | None = None,
                  kv_positions: Array | None = None, cache_end: Array | None = None,
-                 ) -> tuple[Array, tuple[Array, Array] | None]:
+                 ring: dict[str, Array] | None = None) -> tuple[Array, tuple[Array, Array] | None]:
         """Attends ``x: [B, T, D]`` to itself, or (with ``cache``) to the cache after writing ``x``'s keys.
 
         Args:
@@ -207,6 +207,10 @@ class Attention(nn.Module):
           kv_positions: ``int32[B, S]`` positions of the cache slots (after this call's write); needed with
             ``cache`` for the sliding window.
           cache_end: ``int32[B]`` first slot this call writes, per row.
+          ring: with a ring-buffer ``cache`` of ``W`` slots (a local layer; see ``gemma.ring_context``): the
+            masks and positions of the ring's keys and of this call's keys, and which new key each ring slot
+            takes. The queries attend to the ring (before the write) and to this call's keys; then the ring
+            keeps the latest ``W`` real keys.
         Returns:
           ``(out dtype[B, T, D], new (k, v) or None)``.
         """
@@ -229,7 +233,17 @@ class Attention(nn.Module):
         k = apply_rope(k, positions, inv_freq)
 
         new_cache = None
-        if cache is not None:
+        if ring is not None:
+            take = ring['take']  # [B, W]: index of the new key each ring slot takes, -1 = keep its key
+            hit = (take >= 0)[:, :, None, None]
+            idx = jnp.maximum(take, 0)[:, :, None, None]
+            new_cache = tuple(jnp.where(hit, jnp.take_along_axis(new.astype(old.dtype), idx, axis=1), old)
+                              for new, old in ((k, cache[0]), (v, cache[1])))
+            k = jnp.concatenate([cache[0].astype(self.dtype), k], axis=1)
+            v = jnp.concatenate([cache[1].astype(self.dtype), v], axis=1)
+            key_pos = jnp.concatenate([ring['pos_old'], positions], axis=1)
+            attn_mask = jnp.concatenate([ring['mask_old'], ring['mask_new']], axis=2)
+        elif cache is not None:
             k_all = write_cache(cache[0], k, cache_end)
             v_all = write_cache(cache[1], v, cache_end)
             new_cache = (k_all, v_all)
