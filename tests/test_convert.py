@@ -203,3 +203,32 @@ def test_reader_copies_each_tensor_and_reports_a_file_cut_short_after_opening(tm
     with pytest.raises(safetensors_io.SafetensorsError, match=r"tensor 'b' is cut short"):
         reader.get("b")
     reader.close()
+
+
+def test_relayout_to_unrolled_serves_with_ring_caches(hf_dirs, tmp_path):
+    from medclm_jax.model import gemma
+
+    _, hf_dir = hf_dirs["gemma3"]
+    scan_dir, unrolled_dir = tmp_path / "scan", tmp_path / "unrolled"
+    assert convert.main(["--from-hf", str(hf_dir), "--to", str(scan_dir), "--param-dtype", "float32",
+                         "--dtype", "float32"]) == 0
+    assert convert.main(["--from", str(scan_dir), "--to", str(unrolled_dir), "--layout", "unrolled"]) == 0
+    assert (unrolled_dir / "tokenizer.json").is_file()
+    cfg_s, p_s = convert.load_checkpoint(scan_dir)
+    cfg_u, p_u = convert.load_checkpoint(unrolled_dir)
+    assert cfg_s.text.scan_layers and cfg_s.vision.scan_layers
+    assert not cfg_u.text.scan_layers and not cfg_u.vision.scan_layers
+    assert "layers_0" in p_u["decoder"] and "layer_0" in p_u["vision"]
+    assert "ring" in gemma.init_cache(cfg_u.text, 1, 64)  # serving gets ring-buffer caches
+    batch = tiny.batch(cfg_s)
+    np.testing.assert_allclose(vlm.VLM(cfg_u).apply({"params": p_u}, batch),
+                               vlm.VLM(cfg_s).apply({"params": p_s}, batch), rtol=1e-5, atol=1e-5)
+    tokens = [np.asarray(vlm.generate(cfg, {"params": p}, batch, max_new_tokens=10, eos_id=()).tokens)
+              for cfg, p in ((cfg_s, p_s), (cfg_u, p_u))]
+    np.testing.assert_array_equal(tokens[0], tokens[1])
+    cfg_b, p_b = convert.relayout(cfg_u, p_u, scan_layers=True)  # and back: the very same arrays
+    assert cfg_b == cfg_s
+    for a, b in zip(jax.tree.leaves(p_b), jax.tree.leaves(p_s)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    with pytest.raises(SystemExit):  # --from DIR --to DIR needs the layout to write
+        convert.main(["--from", str(scan_dir), "--to", str(tmp_path / "x")])

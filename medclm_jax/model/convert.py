@@ -4,6 +4,9 @@
                                                 checkpoint (params + config metadata), tokenizer files copied
   medclm convert --from DIR --to-hf HF_DIR      back to (sharded) safetensors + config.json that
                                                 transformers (and vLLM) load
+  medclm convert --from DIR --to DIR2 --layout unrolled|scan
+                                                the same checkpoint with layers unrolled (serving: ring-buffer
+                                                KV caches) or stacked for nn.scan (training)
 
 Import reads one tensor at a time from memory-mapped safetensors and builds one param tree, so a 4B model is
 never held twice. Export streams tensors into shards of at most `--max-shard-gb`. Tensor names are read in any
@@ -302,6 +305,43 @@ def load_checkpoint(ckpt_dir: str | Path, shardings: Any = None) -> tuple[VLMCon
     return cfg, checkpoint.load_params(ckpt_dir, abstract, shardings)
 
 
+def relayout(cfg: VLMConfig, params: Mapping[str, Any], scan_layers: bool) -> tuple[VLMConfig, dict[str, Any]]:
+    """The same model with both towers' layers stacked for ``nn.scan`` (training: fast compiles) or unrolled
+    (serving: decoding then keeps ring-buffer caches on sliding-window layers, see ``gemma.init_cache``).
+
+    Returns host (numpy) params; the config's ``scan_layers`` is set on both towers.
+    """
+    vision_prefix, text_prefix = "layer_", "layers_"  # siglip.SiglipEncoder / gemma.GemmaDecoder names
+
+    def convert_tower(tree: Mapping[str, Any], prefix: str, depth: int, stacked: bool) -> dict[str, Any]:
+        out = {k: _host(v) for k, v in tree.items() if k != "layers" and not k.startswith(prefix)}
+        if stacked and not scan_layers:
+            out.update({f"{prefix}{i}": _tree_map(lambda x: np.asarray(x[i]), tree["layers"]) for i in range(depth)})
+        elif not stacked and scan_layers:
+            out["layers"] = _tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                                      *[tree[f"{prefix}{i}"] for i in range(depth)])
+        else:
+            out.update({k: _host(v) for k, v in tree.items() if k == "layers" or k.startswith(prefix)})
+        return out
+
+    new_cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, scan_layers=scan_layers),
+                                  text=dataclasses.replace(cfg.text, scan_layers=scan_layers))
+    new = {k: _host(v) for k, v in params.items() if k not in ("vision", "decoder")}
+    new["vision"] = convert_tower(params["vision"], vision_prefix, cfg.vision.depth, cfg.vision.scan_layers)
+    new["decoder"] = convert_tower(params["decoder"], text_prefix, cfg.text.depth, cfg.text.scan_layers)
+    return new_cfg, new
+
+
+def _tree_map(fn, *trees):
+    import jax
+
+    return jax.tree.map(fn, *trees)
+
+
+def _host(tree: Any) -> Any:
+    return _tree_map(np.asarray, tree)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CLI.
 # ---------------------------------------------------------------------------------------------------------
@@ -321,19 +361,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype of the imported params (auto: as stored)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
                         help="compute dtype recorded in the config (default: bfloat16)")
-    parser.add_argument("--layout", default="scan", choices=["scan", "unrolled"],
-                        help="stack layers for nn.scan (default) or keep one subtree per layer")
+    parser.add_argument("--layout", default=None, choices=["scan", "unrolled"],
+                        help="stack layers for nn.scan (training; the default for --from-hf) or keep one subtree "
+                             "per layer (serving: ring-buffer KV caches on sliding-window layers); with --from DIR "
+                             "--to DIR it re-saves our checkpoint in that layout")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --to checkpoint")
     parser.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size for --to-hf")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if bool(args.from_hf) == bool(args.from_ours) or bool(args.from_hf) != bool(args.to) \
-            or bool(args.from_ours) != bool(args.to_hf):
-        parser.error("use either --from-hf DIR --to DIR or --from DIR --to-hf DIR")
+    relayout_only = bool(args.from_ours and args.to and not args.from_hf and not args.to_hf)
+    if relayout_only and args.layout is None:
+        parser.error("--from DIR --to DIR re-saves a checkpoint in another layout: give --layout scan|unrolled")
+    if not relayout_only and (bool(args.from_hf) == bool(args.from_ours) or bool(args.from_hf) != bool(args.to)
+                              or bool(args.from_ours) != bool(args.to_hf)):
+        parser.error("use --from-hf DIR --to DIR, --from DIR --to-hf DIR, or --from DIR --to DIR --layout ...")
     try:
-        if args.from_hf:
+        if relayout_only:
+            cfg, params = relayout(*load_checkpoint(args.from_ours), scan_layers=args.layout == "scan")
+            params = _to_jax_leafwise(params)
+            save_checkpoint(args.to, cfg, params, tokenizer_dir=args.from_ours, overwrite=args.overwrite)
+            log.info("wrote %s (%s layout)", args.to, args.layout)
+        elif args.from_hf:
             cfg, params = load_hf(args.from_hf, param_dtype=args.param_dtype, dtype=args.dtype,
-                                  scan_layers=args.layout == "scan")
+                                  scan_layers=(args.layout or "scan") == "scan")
             params = _to_jax_leafwise(params)
             save_checkpoint(args.to, cfg, params, tokenizer_dir=args.from_hf, overwrite=args.overwrite)
             log.info("wrote %s (%s, %s params)", args.to, cfg.family, f"{_count(params):,}")
