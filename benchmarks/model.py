@@ -177,8 +177,9 @@ def print_table(rows: list[tuple[str, ...]],
 # CPU: ours vs transformers.
 # ------------------------------------------------------------------------------------------------------------
 
-def hf_model_for(cfg: vlm.VLMConfig, seed: int = 0):
-    """transformers' model for ``cfg`` (random init, fp32, transformers' default SDPA attention)."""
+def hf_model_for(cfg: vlm.VLMConfig, seed: int = 0, device: str = "cpu"):
+    """transformers' model for ``cfg`` (random init, fp32, transformers' default SDPA attention), built on
+    ``device``."""
     import torch
     import transformers
 
@@ -191,7 +192,8 @@ def hf_model_for(cfg: vlm.VLMConfig, seed: int = 0):
     config = transformers.AutoConfig.for_model(model_type, **hf_cfg)
     cls = (transformers.PaliGemmaForConditionalGeneration if cfg.family == "paligemma"
            else transformers.Gemma3ForConditionalGeneration)
-    return cls(config).float()
+    with torch.device(device):
+        return cls(config).float()
 
 
 def params_from_hf(cfg: vlm.VLMConfig, model) -> Any:
@@ -201,23 +203,29 @@ def params_from_hf(cfg: vlm.VLMConfig, model) -> Any:
     return jax.tree.map(jnp.asarray, convert.hf_to_vlm_params(state.__getitem__, list(state), cfg))
 
 
-def hf_train_step(model, inputs: dict[str, Any], batch: dict[str, np.ndarray], prefix: int
-                  ) -> tuple[Any, dict[str, float]]:
-    """HF's forward+backward (same loss as ``loss_fn``) as a zero-argument step, and its first step's time."""
+def hf_train_step(model, inputs: dict[str, Any], batch: dict[str, np.ndarray], prefix: int,
+                  device: str = "cpu", autocast: Any = None) -> tuple[Any, dict[str, float]]:
+    """HF's forward+backward (same loss as ``loss_fn``) as a zero-argument step that waits for the device,
+    and its first step's time; ``autocast`` (e.g. ``torch.bfloat16``) runs the forward under torch autocast."""
+    import contextlib
+
     import torch
 
     model.train()
-    tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
-    targets = torch.from_numpy(batch["text"][:, 1:].astype(np.int64))
-    mask = torch.from_numpy(batch["mask_loss"][:, 1:].astype(np.float32))
+    tensors = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
+    targets = torch.from_numpy(batch["text"][:, 1:].astype(np.int64)).to(device)
+    mask = torch.from_numpy(batch["mask_loss"][:, 1:].astype(np.float32)).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step():
-        logits = model(**tensors).logits[:, prefix:-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+        with torch.autocast(device, dtype=autocast) if autocast else contextlib.nullcontext():
+            logits = model(**tensors).logits[:, prefix:-1]
+        nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                 reduction="none").reshape(targets.shape)
         loss = (nll * mask).sum() / mask.sum().clamp(min=1.0)
         loss.backward()
         model.zero_grad(set_to_none=True)
+        sync()
         return float(loss.detach())
 
     t0 = time.perf_counter()
@@ -388,44 +396,16 @@ def hf_gpu_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import transformers
 
-    from medclm_jax.model import convert
-
     cfg = presets.get_model_config(args.preset)
-    hf_cfg = convert.vlm_config_to_hf(cfg)
-    hf_cfg.pop("architectures", None)
-    config = transformers.AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
-    cls = (transformers.PaliGemmaForConditionalGeneration if cfg.family == "paligemma"
-           else transformers.Gemma3ForConditionalGeneration)
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to try this code path without a GPU
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    torch.manual_seed(0)
     t0 = time.perf_counter()
-    with torch.device(dev):
-        model = cls(config).float()
+    model = hf_model_for(cfg, device=dev)
     init_s = time.perf_counter() - t0
-    model.train()
     batch = make_batch(cfg, args.batch, args.text_len, args.prompt_len)
-    inputs = {k: torch.from_numpy(v).to(dev) for k, v in vlm.hf_inputs(cfg, batch).items()}
-    targets = torch.from_numpy(batch["text"][:, 1:].astype(np.int64)).to(dev)
-    mask = torch.from_numpy(batch["mask_loss"][:, 1:].astype(np.float32)).to(dev)
-    prefix = cfg.num_prefix_tokens
-
-    def step():
-        with torch.autocast(dev, dtype=torch.bfloat16):
-            logits = model(**inputs).logits[:, prefix:-1]
-        nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                reduction="none").reshape(targets.shape)
-        loss = (nll * mask).sum() / mask.sum().clamp(min=1.0)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        sync()
-        return float(loss.detach())
-
-    t0 = time.perf_counter()
+    step, info = hf_train_step(model, vlm.hf_inputs(cfg, batch), batch, cfg.num_prefix_tokens, device=dev,
+                               autocast=torch.bfloat16)
     step()
-    first_s = time.perf_counter() - t0
-    step()
-    return {"init_s": init_s, "first_s": first_s, "step_s": time_calls(step, args.steps),
+    return {"init_s": init_s, "first_s": info["first_s"], "step_s": time_calls(step, args.steps),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0, "torch": torch.__version__,
             "transformers": transformers.__version__}
 

@@ -8,8 +8,8 @@
                                                 the same checkpoint with layers unrolled (serving: ring-buffer
                                                 KV caches) or stacked for nn.scan (training)
 
-Import reads one tensor at a time from memory-mapped safetensors and builds one param tree, so a 4B model is
-never held twice. Export streams tensors into shards of at most `--max-shard-gb`. Tensor names are read in any
+Import reads one tensor at a time from the safetensors files and builds one param tree, so a 4B model is
+never held twice while reading (Orbax's write then stages a copy; ``benchmarks/convert_memory.py``). Export streams tensors into shards of at most `--max-shard-gb`. Tensor names are read in any
 of the three layouts in use (the Hub's `vision_tower.vision_model.` / `language_model.model.`, transformers
 5.x's saved `vision_tower.`, and its in-memory `model.vision_tower.` / `model.language_model.`) and written in
 the Hub layout, which transformers 4.x/5.x and vLLM all load.
@@ -314,14 +314,14 @@ def relayout(cfg: VLMConfig, params: Mapping[str, Any], scan_layers: bool) -> tu
     vision_prefix, text_prefix = "layer_", "layers_"  # siglip.SiglipEncoder / gemma.GemmaDecoder names
 
     def convert_tower(tree: Mapping[str, Any], prefix: str, depth: int, stacked: bool) -> dict[str, Any]:
+        if stacked == scan_layers:
+            return _host(dict(tree))
         out = {k: _host(v) for k, v in tree.items() if k != "layers" and not k.startswith(prefix)}
-        if stacked and not scan_layers:
+        if stacked:
             out.update({f"{prefix}{i}": _tree_map(lambda x: np.asarray(x[i]), tree["layers"]) for i in range(depth)})
-        elif not stacked and scan_layers:
+        else:
             out["layers"] = _tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
                                       *[tree[f"{prefix}{i}"] for i in range(depth)])
-        else:
-            out.update({k: _host(v) for k, v in tree.items() if k == "layers" or k.startswith(prefix)})
         return out
 
     new_cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, scan_layers=scan_layers),
@@ -406,10 +406,9 @@ def _to_jax_leafwise(params: dict[str, Any]) -> Any:
 
     leaves, treedef = jax.tree.flatten(params)
     params.clear()
-    moved = []
-    while leaves:
-        moved.append(jax.device_put(leaves.pop(0)))
-    return jax.tree.unflatten(treedef, moved)
+    for i in range(len(leaves)):
+        leaves[i] = jax.device_put(leaves[i])  # drops the list's reference, the numpy leaf's last one
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def _count(params) -> int:

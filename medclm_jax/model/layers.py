@@ -104,7 +104,7 @@ def dense(x: Array, w: Array, contract: int = 1, transpose_w: bool = False, out_
     gradient: ``dx = g @ w^T`` and ``dw = x^T @ g`` over the flattened ``[B*T, ...]`` rows. Autodiff of the
     batched einsum makes XLA:CPU materialize a transposed copy of ``g`` fused with the preceding elementwise
     gradient (gelu, softmax), which ran at a few hundred MB/s and cost more than the matrix products
-    (``benchmarks/model.py``: the whole training step is ~2x faster with this).
+    (the ``small`` preset's CPU training step went from 0.74 s to 0.56 s with this).
 
     Args:
       x: ``[..., K1, .., Kc]`` activations.
@@ -118,30 +118,30 @@ def dense(x: Array, w: Array, contract: int = 1, transpose_w: bool = False, out_
     return _dense_fwd(x, w, contract, transpose_w, out_dtype)[0]
 
 
-def _dense_shapes(x: Array, w: Array, contract: int, transpose_w: bool) -> tuple[int, tuple[int, ...]]:
+def _dense_operands(x: Array, w: Array, contract: int, transpose_w: bool
+                    ) -> tuple[Array, Array, tuple[int, ...]]:
+    """``x`` as ``[M, K]``, ``w`` as ``[K, N]`` (``[N, K]`` with ``transpose_w``), and the output's trailing
+    shape ``N...``."""
     k_shape = x.shape[x.ndim - contract:]
     w_k = w.shape[w.ndim - contract:] if transpose_w else w.shape[:contract]
     if k_shape != w_k:
         raise ValueError(f"dense: contracted axes of x {x.shape} and w {w.shape} differ: {k_shape} vs {w_k}")
     n_shape = w.shape[:w.ndim - contract] if transpose_w else w.shape[contract:]
-    return math.prod(k_shape), n_shape
+    k, n = math.prod(k_shape), math.prod(n_shape)
+    return x.reshape(-1, k), (w.reshape(n, k) if transpose_w else w.reshape(k, n)), n_shape
 
 
 def _dense_fwd(x, w, contract, transpose_w, out_dtype):
-    k, n_shape = _dense_shapes(x, w, contract, transpose_w)
-    n = math.prod(n_shape)
-    w2 = w.reshape(n, k) if transpose_w else w.reshape(k, n)
-    y = _dot2d(x.reshape(-1, k), w2, 1, 1 if transpose_w else 0, out_dtype)
+    x2, w2, n_shape = _dense_operands(x, w, contract, transpose_w)
+    y = _dot2d(x2, w2, 1, 1 if transpose_w else 0, out_dtype)
     return y.reshape(x.shape[:x.ndim - contract] + n_shape), (x, w)
 
 
 def _dense_bwd(contract, transpose_w, out_dtype, res, g):
     del out_dtype
     x, w = res
-    k, n_shape = _dense_shapes(x, w, contract, transpose_w)
-    n = math.prod(n_shape)
-    x2, g2 = x.reshape(-1, k), g.reshape(-1, n).astype(x.dtype)
-    w2 = w.reshape(n, k) if transpose_w else w.reshape(k, n)
+    x2, w2, _ = _dense_operands(x, w, contract, transpose_w)
+    g2 = g.reshape(x2.shape[0], -1).astype(x.dtype)
     dx = _dot2d(g2, w2, 1, 0 if transpose_w else 1, None)  # [M, K]
     dw = _dot2d(g2, x2, 0, 0, None) if transpose_w else _dot2d(x2, g2, 0, 0, None)  # [N, K] or [K, N]
     return dx.astype(x.dtype).reshape(x.shape), dw.astype(w.dtype).reshape(w.shape)
