@@ -206,7 +206,7 @@ def bench_build(n_images: int = 48, workers: Sequence[int] = (1, 2), seed: int =
     import tempfile
 
     import configs
-    import data_gen.io
+    import data_gen.imaging
     import data_gen.link
     import data_gen.pipeline
     import data_gen.segment
@@ -240,9 +240,9 @@ def bench_build(n_images: int = 48, workers: Sequence[int] = (1, 2), seed: int =
                     spent[name] += time.perf_counter() - t
             return wrapper
 
-        originals = (data_gen.io.load_image, data_gen.segment.load_masks, data_gen.link.link_lesions,
+        originals = (data_gen.imaging.load_image, data_gen.segment.load_masks, data_gen.link.link_lesions,
                      data_gen.pipeline.encode_png)
-        data_gen.io.load_image = timed("decode", originals[0])
+        data_gen.imaging.load_image = timed("decode", originals[0])
         data_gen.segment.load_masks = timed("masks", originals[1])
         data_gen.link.link_lesions = timed("link", originals[2])
         data_gen.pipeline.encode_png = timed("encode", originals[3])
@@ -256,7 +256,7 @@ def bench_build(n_images: int = 48, workers: Sequence[int] = (1, 2), seed: int =
                 data_gen.pipeline.convert_image(item, cfg, vocab, synthesizer)
             spent["total"] = time.perf_counter() - t0
         finally:
-            (data_gen.io.load_image, data_gen.segment.load_masks, data_gen.link.link_lesions,
+            (data_gen.imaging.load_image, data_gen.segment.load_masks, data_gen.link.link_lesions,
              data_gen.pipeline.encode_png) = originals
     spent["other (resize, records)"] = spent["total"] - sum(spent[k] for k in ("decode", "masks", "link", "synth",
                                                                                 "encode"))

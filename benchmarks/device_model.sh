@@ -22,4 +22,4 @@ run() {  # name, timeout, args...
 run paligemma_b16 330 --batch 16 --text-len 128
 run paligemma_b32 240 --batch 32 --text-len 128 --no-hf
 run medgemma_b8 300 --preset medgemma_4b --batch 8 --text-len 128
-JAX_PLATFORMS=cuda timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3
+JAX_PLATFORMS=cuda timeout 120 $PY -m pytest -q -p no:cacheprovider tests/model/test_gpu.py 2>&1 | tail -3

@@ -54,8 +54,8 @@ def build_phantom(workdir: str, n: int) -> str:
 
 
 def read_split(data_dir: str, split: str) -> list[dict[str, Any]]:
-    from data_gen.write import decode_example, read_tfrecord
-    from data_gen.write.shards import list_shards
+    from medclm_jax.records import decode_example, read_tfrecord
+    from medclm_jax.records.shards import list_shards
 
     records = []
     for shard in list_shards(data_dir, split):

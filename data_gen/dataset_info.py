@@ -14,14 +14,7 @@ import datetime
 import json
 from typing import Any
 
-from data_gen.pipeline import EXTRA_KEYS, SCHEMA_VERSION
-
-DESIGN_KEYS = [
-    "image/encoded", "image/format", "image/height", "image/width", "image/id", "image/modality", "image/source",
-    "lesion/class", "lesion/box", "lesion/organ", "lesion/organ_score", "lesion/location", "domain",
-    "rationale/seed", "easy/question", "easy/cot", "easy/answer", "medium/question", "medium/cot", "medium/answer",
-    "hard/question", "hard/answer", "curriculum/pool",
-]
+from medclm_jax.records import schema
 
 
 class AccountingError(AssertionError):
@@ -59,10 +52,7 @@ def assemble(cfg, summaries: list[dict[str, Any]], adapter_stats: dict[str, int]
         shards[s["split"]].append(s["shard"])
     reject_reasons.update(f"{r['kind']}:{r['reason']}" for r in adapter_rejects)
     info = {
-        "schema": {"name": "medclm-vqa-cot", "version": SCHEMA_VERSION, "keys": DESIGN_KEYS,
-                   "extra_keys": EXTRA_KEYS, "box_format": "normalized [x1, y1, x2, y2] in [0, 1]",
-                   "negative_records": "images without findings: lesion/class 'no finding', lesion/box empty, "
-                                       "lesion/organ 'none'"},
+        "schema": schema.describe(),
         "name": cfg.name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "counts": {

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import re
 from typing import Any, Optional
 
 import numpy as np
@@ -21,19 +20,8 @@ from PIL import Image
 
 from data_gen import splits
 from data_gen.errors import InputError
-from data_gen.types import NO_FINDING, ImageItem, LoadedImage, OrganMasks, Reject, SynthInput
-
-SCHEMA_VERSION = 1
-
-# Keys beyond DESIGN.md's table (documented in dataset_info.json's `schema.extra_keys`).
-EXTRA_KEYS = {
-    "easy/answer_type": "open | closed",
-    "medium/answer_type": "open | closed",
-    "hard/answer_type": "open | closed",
-    "synth/backend": "which CoT-QA backend wrote the views (template, llm, template_fallback:<reason>)",
-    "lesion/organ_method": "containment | nearest | none (how the host organ was chosen)",
-    "split": "train | val | test (patient-level)",
-}
+from data_gen.types import ImageItem, LoadedImage, OrganMasks, Reject, SynthInput
+from medclm_jax.records import schema as S
 
 
 @dataclasses.dataclass
@@ -42,7 +30,7 @@ class ConvertResult:
 
     Attributes:
       image_id: the pseudonymous id (salted hash), also used in rejects.
-      examples: feature dicts, one per (image, lesion); encode with `data_gen.write.encode_example`.
+      examples: feature dicts, one per (image, lesion); the keys of `medclm_jax.records.schema`.
       rejects: what was dropped, with reasons (a whole image or single lesions).
       stats: counters (clipped boxes, mask fallbacks, unknown classes, ...).
       organs: host organs used by the records (for the vocabulary).
@@ -56,12 +44,6 @@ class ConvertResult:
     @property
     def written(self) -> bool:
         return bool(self.examples)
-
-
-def domain_of(lesion_class: str, modality: str) -> str:
-    """The curriculum's tracking unit: `{class}_{modality}`, e.g. `pleural_effusion_xray`."""
-    slug = re.sub(r"[^a-z0-9]+", "_", lesion_class.lower()).strip("_") or "unknown"
-    return f"{slug}_{modality}"
 
 
 def validate_box(box, width: int, height: int) -> tuple[Optional[tuple[float, float, float, float]], str]:
@@ -149,7 +131,7 @@ def _convert(item: ImageItem, cfg, class_vocab: dict[str, list[str]], synthesize
     Returns:
       A ConvertResult; never raises on bad input data (it becomes a Reject), only on programming/config errors.
     """
-    from data_gen import io as image_io
+    from data_gen import imaging as image_io
     from data_gen import link, rationale, synth
 
     image_id = splits.pseudonymous_id(cfg.salt, item.source, item.image_key)
@@ -219,33 +201,35 @@ def _convert(item: ImageItem, cfg, class_vocab: dict[str, list[str]], synthesize
                        pixels=pixels))
         if qa.backend != "template":
             result.stats[f"synth:{qa.backend}"] += 1
-        result.examples.append({
-            "image/encoded": encoded,
-            "image/format": "png",
-            "image/height": int(pixels.shape[0]),
-            "image/width": int(pixels.shape[1]),
-            "image/id": image_id,
-            "image/modality": image.modality,
-            "image/source": item.source,
-            "lesion/class": seed.lesion_class,
-            "lesion/box": (np.asarray(seed.box_norm, np.float32) if seed.box_norm is not None
+        record = {
+            S.IMAGE_ENCODED: encoded,
+            S.IMAGE_FORMAT: "png",
+            S.IMAGE_HEIGHT: int(pixels.shape[0]),
+            S.IMAGE_WIDTH: int(pixels.shape[1]),
+            S.IMAGE_ID: image_id,
+            S.IMAGE_MODALITY: image.modality,
+            S.IMAGE_SOURCE: item.source,
+            S.LESION_CLASS: seed.lesion_class,
+            S.LESION_BOX: (np.asarray(seed.box_norm, np.float32) if seed.box_norm is not None
                            else np.zeros(0, np.float32)),
-            "lesion/organ": lk.organ if lk is not None else "none",
-            "lesion/organ_score": float(lk.score) if lk is not None else 0.0,
-            "lesion/organ_method": lk.method if lk is not None else "none",
-            "lesion/location": seed.location,
-            "domain": domain_of(seed.lesion_class, image.modality),
-            "rationale/seed": seed.text,
-            "easy/question": qa.easy.question, "easy/cot": qa.easy.cot, "easy/answer": qa.easy.answer,
-            "easy/answer_type": qa.easy.answer_type,
-            "medium/question": qa.medium.question, "medium/cot": qa.medium.cot, "medium/answer": qa.medium.answer,
-            "medium/answer_type": qa.medium.answer_type,
-            "hard/question": qa.hard.question, "hard/answer": qa.hard.answer,
-            "hard/answer_type": qa.hard.answer_type,
-            "curriculum/pool": pool,
-            "synth/backend": qa.backend,
-            "split": split,
-        })
+            S.LESION_ORGAN: lk.organ if lk is not None else S.NO_ORGAN,
+            S.LESION_ORGAN_SCORE: float(lk.score) if lk is not None else 0.0,
+            S.LESION_ORGAN_METHOD: lk.method if lk is not None else "none",
+            S.LESION_LOCATION: seed.location,
+            S.DOMAIN: S.domain_of(seed.lesion_class, image.modality),
+            S.RATIONALE_SEED: seed.text,
+            S.CURRICULUM_POOL: pool,
+            S.SYNTH_BACKEND: qa.backend,
+            S.SPLIT: split,
+        }
+        for stage in S.STAGES:
+            view = getattr(qa, stage)
+            record[S.question_key(stage)] = view.question
+            record[S.answer_key(stage)] = view.answer
+            record[S.answer_type_key(stage)] = view.answer_type
+            if stage != "hard":
+                record[S.cot_key(stage)] = view.cot
+        result.examples.append(record)
     if not kept:
         result.stats["negative_images"] += 1
     return result

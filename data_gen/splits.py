@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-SPLITS = ("train", "val", "test")
+from medclm_jax.records.schema import SPLITS  # noqa: F401  (re-exported: the record's `split` values)
 
 
 def _unit_interval(*parts: str) -> float:

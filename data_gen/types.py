@@ -20,10 +20,10 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
+from medclm_jax.records.schema import NO_FINDING  # noqa: F401  the lesion class of a negative record (re-exported)
+
 Box = tuple[float, float, float, float]
 Stage = Literal["easy", "medium", "hard"]
-
-NO_FINDING = "no finding"  # the lesion class of a negative record (image without any lesion)
 
 
 @dataclasses.dataclass(frozen=True)

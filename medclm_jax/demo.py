@@ -25,7 +25,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import configs
     from data_gen import phantom
     from data_gen.build import format_summary, run_build
-    from data_gen.write import decode_example, read_tfrecord
+    from medclm_jax.records import decode_example, read_tfrecord, schema
     from medclm_jax.config_file import load_config
 
     raw = os.path.join(args.workdir, "phantom")
@@ -40,8 +40,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     first = sorted(f for f in os.listdir(out) if f.endswith(".tfrecord"))[0]
     ex = decode_example(next(iter(read_tfrecord(os.path.join(out, first)))))
     print(f"\none record of {first}:")
-    for key in ("domain", "lesion/class", "lesion/box", "lesion/organ", "lesion/location", "rationale/seed",
-                "easy/question", "easy/cot", "easy/answer", "medium/question", "hard/question", "hard/answer"):
+    shown = (schema.DOMAIN, schema.LESION_CLASS, schema.LESION_BOX, schema.LESION_ORGAN, schema.LESION_LOCATION,
+             schema.RATIONALE_SEED, schema.question_key("easy"), schema.cot_key("easy"), schema.answer_key("easy"),
+             schema.question_key("medium"), schema.question_key("hard"), schema.answer_key("hard"))
+    for key in shown:
         values = [v.decode() if isinstance(v, bytes) else round(v, 3) for v in ex.get(key, [])]
         print(f"  {key:<16} {values[0] if len(values) == 1 else values}")
     return 0

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, ComputedRadiographyImageStorage,
                          DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid)
 
-from data_gen.io.raster import DEEPLESION_OFFSET
+from data_gen.imaging.raster import DEEPLESION_OFFSET
 
 BITS_STORED = 12
 
@@ -149,7 +149,7 @@ def slice_affine(spacing_mm: tuple[float, float], slice_mm: float, slice_index: 
 
     Voxel `(i, j, 0)` is display column i, row j: i runs toward the patient's left and j toward posterior, so
     x_RAS = -i * col_spacing and y_RAS = -j * row_spacing (centred on the image); z is the slice position.
-    `data_gen.io.display_slice` (canonical reorientation, then radiological display) returns the display grid.
+    `data_gen.imaging.display_slice` (canonical reorientation, then radiological display) returns the display grid.
     """
     rows, cols = shape
     row_mm, col_mm = spacing_mm

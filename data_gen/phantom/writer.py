@@ -218,7 +218,7 @@ def write_phantom(out_dir: str, n: int, seed: int = 0, *, cxr_size: int = 512, c
             "boxes": "pixel xyxy on the stored image, pixel edges (x_max = last column + 1)",
             "display": "image-left is patient-right (CXR and axial CT); CT row 0 anterior",
             "dicom_windows": "DeepLesion 'low, high' in HU",
-            "ct_masks": "single-slice NIfTI per key slice; data_gen.io.display_slice(img, 0) is the PNG grid",
+            "ct_masks": "single-slice NIfTI per key slice; data_gen.imaging.display_slice(img, 0) is the PNG grid",
         },
     }
     with open(os.path.join(out_dir, "phantom.json"), "w") as f:

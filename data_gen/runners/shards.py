@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from data_gen import splits
 from data_gen.pipeline import ConvertResult
 from data_gen.types import ImageItem
+from medclm_jax.records import encode_example, index_path, schema, write_shard
 
 SUMMARY_SUFFIX = ".summary.json"
 COUNT_KEYS = ("images_in", "images_written", "images_rejected", "lesions_in", "lesion_records", "lesions_rejected",
@@ -39,11 +40,8 @@ class ShardSpec:
 
 def plan_domains(item: ImageItem) -> list[str]:
     """The domains an image is stratified under: its lesion classes with the adapter's modality."""
-    from data_gen.pipeline import domain_of
-    from data_gen.types import NO_FINDING
-
-    labels = sorted({les.label for les in item.lesions}) or [NO_FINDING]
-    return [domain_of(label, item.modality or "unknown") for label in labels]
+    labels = sorted({les.label for les in item.lesions}) or [schema.NO_FINDING]
+    return [schema.domain_of(label, item.modality or "unknown") for label in labels]
 
 
 def plan_shards(items: Iterable[ImageItem], cfg) -> list[ShardSpec]:
@@ -97,8 +95,6 @@ def build_fingerprint(cfg, specs: list[ShardSpec]) -> str:
 
 
 def is_finished(out_dir: str, spec: ShardSpec) -> bool:
-    from data_gen.write import index_path
-
     base = os.path.join(out_dir, spec.filename)
     return all(os.path.exists(p) for p in (base, index_path(base), base + SUMMARY_SUFFIX))
 
@@ -112,8 +108,6 @@ def _atomic_write_text(path: str, text: str) -> None:
 
 def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) -> dict[str, Any]:
     """Writes the shard's records (in plan order), its index and its summary; returns the summary."""
-    from data_gen.write import encode_example, write_shard
-
     payloads = []
     counts: collections.Counter = collections.Counter({k: 0 for k in COUNT_KEYS})
     per_domain: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -132,15 +126,15 @@ def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) ->
         else:
             counts["images_rejected"] += 1
         for ex in res.examples:
+            schema.check_record(ex, where=f"{spec.filename} image {res.image_id}")
             payloads.append(encode_example(ex))
             counts["records"] += 1
-            is_negative = len(ex["lesion/box"]) == 0
+            is_negative = len(ex[schema.LESION_BOX]) == 0
             counts["negative_records" if is_negative else "lesion_records"] += 1
-            stages = ("easy", "medium") if ex["curriculum/pool"] == "easy_medium" else ("hard",)
-            for stage in stages:
-                per_domain[ex["domain"]][stage] += 1
-            classes[ex["lesion/class"]] += 1
-            organs[ex["lesion/organ"]] += 1
+            for stage in schema.pool_stages(ex[schema.CURRICULUM_POOL]):
+                per_domain[ex[schema.DOMAIN]][stage] += 1
+            classes[ex[schema.LESION_CLASS]] += 1
+            organs[ex[schema.LESION_ORGAN]] += 1
     path = os.path.join(out_dir, spec.filename)
     write_shard(out_dir, spec.split, spec.index, spec.num_shards, payloads)
     summary = {

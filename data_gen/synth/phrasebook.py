@@ -12,7 +12,7 @@ Placeholders (filled by the template backend):
   {organ}   the host organ without article ("right lung")
   {be}      "is" or "are", agreeing with {organ} ("ribs are")
   {organs}  examined structures joined ("right lung, left lung and heart"), for negatives
-  {box}     the canonical box text from `medclm_jax.boxes.format_box`
+  {box}     the canonical box text from `medclm_jax.records.boxes.format_box`
   {size}    ", measuring about 12 x 10 mm" or ""
   {answer}  the view's answer
 

@@ -4,7 +4,7 @@ A reply is accepted only when it could train the model without teaching it somet
   * it parses (labels in any case, with or without pipes, on one line or several, with markdown bold);
   * Easy/Medium reasoning cites the target box: near-miss spellings (4 decimals as in the authors' code,
     parentheses, extra spaces) within `BOX_TOLERANCE` of the box are rewritten to the canonical
-    `medclm_jax.boxes.format_box` text; a missing box (`no_box`) or any other box (`box_mismatch`) rejects;
+    `medclm_jax.records.boxes.format_box` text; a missing box (`no_box`) or any other box (`box_mismatch`) rejects;
   * Easy/Medium reasoning names the host organ (its name, head noun or adjective: "pulmonary" for lung);
   * the answer agrees with the label: it names the class or a synonym, or is "yes" to a question that names it,
     or "no" to a question about a class absent from the image, or names the organ for a question naming the class;
@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 
 from data_gen.synth.scene import Scene
 from data_gen.types import Box, QAView
-from medclm_jax.boxes import format_box
+from medclm_jax.records.boxes import format_box
 
 BOX_TOLERANCE = 0.015  # two-decimal rounding (0.005) plus slack for a model's own rounding
 MAX_ANSWER_WORDS = 12

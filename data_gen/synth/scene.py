@@ -19,7 +19,7 @@ from data_gen.rationale import (class_phrase, join_words, organ_phrase, region_p
                                 with_article)
 from data_gen.types import NO_FINDING, SeedRationale, SynthInput
 from data_gen.synth.phrasebook import IMAGE_NOUNS
-from medclm_jax.boxes import format_box
+from medclm_jax.records.boxes import format_box
 
 _MODALITY_KEYS = {"xray": "xray", "x-ray": "xray", "cr": "xray", "dx": "xray", "radiograph": "xray",
                   "ct": "ct", "mri": "mri", "mr": "mri"}

@@ -1,7 +1,7 @@
 """Boxes in generated text: parse every form we emit or users meet, convert to normalized xyxy, score IoU.
 
 All boxes returned here are normalized `(x1, y1, x2, y2)` floats in [0, 1], x to the right, y down (the record's
-`lesion/box` convention, `medclm_jax.boxes`).
+`lesion/box` convention, `medclm_jax.records.boxes`).
 
 Forms (`form=` argument; "auto" tries them all, see `parse_box`):
 
@@ -31,7 +31,7 @@ import dataclasses
 import re
 from typing import Sequence
 
-from medclm_jax.boxes import LOC_BINS
+from medclm_jax.records.boxes import LOC_BINS, LOC_BOX_RE, from_loc_bins
 from medclm_jax.eval.cot import split_reasoning_answer
 
 Box = tuple[float, float, float, float]
@@ -39,7 +39,6 @@ FORMS = ("auto", "canonical", "loc", "percent", "permille", "pixel")
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
 _SEP = r"\s*,\s*"
-_LOC_RE = re.compile(r"<loc(\d{4})>\s*<loc(\d{4})>\s*<loc(\d{4})>\s*<loc(\d{4})>")
 _LIST_RE = re.compile(r"[\[\(]\s*" + _NUM + _SEP + _NUM + _SEP + _NUM + _SEP + _NUM + r"\s*[\]\)]")
 _PAIRS_RE = re.compile(
     r"\(\s*" + _NUM + _SEP + _NUM + r"\s*\)\s*,?\s*(?:to\s*)?\(\s*" + _NUM + _SEP + _NUM + r"\s*\)"
@@ -108,13 +107,12 @@ def find_boxes(text: str, form: str = "auto", image_size: Sequence[float] | None
         raise ValueError(f"unknown box form {form!r}; use one of {FORMS}")
     found: list[tuple[int, ParsedBox]] = []
     if form in ("auto", "loc"):
-        for m in _LOC_RE.finditer(text):
+        for m in LOC_BOX_RE.finditer(text):
             bins = [int(g) for g in m.groups()]
             if max(bins) >= LOC_BINS:
                 found.append((m.start(), ParsedBox(None, "loc", f"location bin >= {LOC_BINS}: {bins}")))
                 continue
-            y1, x1, y2, x2 = (b / LOC_BINS for b in bins)
-            found.append((m.start(), _validated([x1, y1, x2, y2], "loc")))
+            found.append((m.start(), _validated(from_loc_bins(bins), "loc")))
     if form != "loc":
         spans = [(m.start(), m.groups()) for m in _LIST_RE.finditer(text)]
         spans += [(m.start(), m.groups()) for m in _PAIRS_RE.finditer(text)]

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-NUM_LOC_TOKENS = 1024
+from medclm_jax.records import boxes
+
+NUM_LOC_TOKENS = boxes.LOC_BINS
 NUM_SEG_TOKENS = 128
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODEL = "tokenizer.model"
@@ -35,11 +37,7 @@ _METASPACE = "\u2581"  # SentencePiece's visible space, kept so pieces decode th
 _ATOMIC = re.compile(r"(<loc\d{4}>|<seg\d{3}>)")
 
 
-def loc_token(index: int) -> str:
-    """The location token for bin ``index`` in [0, 1024): ``<loc0042>``."""
-    if not 0 <= index < NUM_LOC_TOKENS:
-        raise ValueError(f"location bin {index} is outside [0, {NUM_LOC_TOKENS})")
-    return f"<loc{index:04d}>"
+loc_token = boxes.loc_token  # the one definition of the location-token format lives with the boxes
 
 
 def seg_token(index: int) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
-from data_gen.errors import InputError
+from medclm_jax.records.errors import RecordError
 
 FeatureValue = list  # list[bytes] | list[float] | list[int]
 
@@ -150,13 +150,13 @@ def decode_example(data: bytes) -> dict[str, FeatureValue]:
     with no kind set decodes to `[]`.
 
     Raises:
-      InputError(reason='bad_example'): the bytes are not an Example.
+      RecordError(reason='bad_example'): the bytes are not an Example.
     """
     example = Example()
     try:
         example.ParseFromString(bytes(data))
     except message.DecodeError as e:
-        raise InputError(f"not a serialized tf.train.Example ({e})", reason="bad_example") from e
+        raise RecordError(f"not a serialized tf.train.Example ({e})", reason="bad_example") from e
     out: dict[str, FeatureValue] = {}
     for key, feature in example.features.feature.items():
         kind = feature.WhichOneof("kind")

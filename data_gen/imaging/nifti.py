@@ -22,8 +22,8 @@ import nibabel as nib
 import numpy as np
 
 from data_gen.errors import InputError
-from data_gen.io.checks import check_pixels
-from data_gen.io.window import ImageOptions, ct_to_uint8, stretch_to_uint8
+from data_gen.imaging.checks import check_pixels
+from data_gen.imaging.window import ImageOptions, ct_to_uint8, stretch_to_uint8
 from data_gen.types import ImageItem, LoadedImage
 
 

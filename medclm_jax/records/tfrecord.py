@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator
 
 import google_crc32c
 
-from data_gen.errors import InputError
+from medclm_jax.records.errors import RecordError
 
 HEADER_BYTES = 12  # uint64 length + uint32 masked CRC of it
 FOOTER_BYTES = 4  # uint32 masked CRC of the data
@@ -89,27 +89,27 @@ def _read_frame(f: BinaryIO, path: str, offset: int, verify: bool) -> bytes | No
     if not header:
         return None
     if len(header) < HEADER_BYTES:
-        raise InputError(f"truncated record header at byte offset {offset} ({len(header)} of {HEADER_BYTES} "
-                         "bytes); the shard was cut short: rewrite it", path=path, reason="tfrecord_truncated")
+        raise RecordError(f"truncated record header at byte offset {offset} ({len(header)} of {HEADER_BYTES} "
+                         "bytes); the shard was cut short: rewrite it", path=path, offset=offset, reason="tfrecord_truncated")
     length_bytes = header[:8]
     (length,) = struct.unpack("<Q", length_bytes)
     (length_crc,) = struct.unpack("<I", header[8:])
     if verify and masked_crc32c(length_bytes) != length_crc:
-        raise InputError(f"length CRC mismatch in the record at byte offset {offset} (stored {length_crc:#010x}, "
+        raise RecordError(f"length CRC mismatch in the record at byte offset {offset} (stored {length_crc:#010x}, "
                          f"computed {masked_crc32c(length_bytes):#010x}); the file is corrupt: rewrite it",
-                         path=path, reason="tfrecord_crc")
+                         path=path, offset=offset, reason="tfrecord_crc")
     body = f.read(length + FOOTER_BYTES)
     if len(body) < length + FOOTER_BYTES:
-        raise InputError(f"truncated record at byte offset {offset}: header says {length} data bytes + "
+        raise RecordError(f"truncated record at byte offset {offset}: header says {length} data bytes + "
                          f"{FOOTER_BYTES} CRC bytes, only {len(body)} left; the shard was cut short: rewrite it",
-                         path=path, reason="tfrecord_truncated")
+                         path=path, offset=offset, reason="tfrecord_truncated")
     data = body[:length]
     if verify:
         (data_crc,) = struct.unpack("<I", body[length:])
         if masked_crc32c(data) != data_crc:
-            raise InputError(f"data CRC mismatch in the record at byte offset {offset} (stored {data_crc:#010x}, "
+            raise RecordError(f"data CRC mismatch in the record at byte offset {offset} (stored {data_crc:#010x}, "
                              f"computed {masked_crc32c(data):#010x}); the file is corrupt: rewrite it",
-                             path=path, reason="tfrecord_crc")
+                             path=path, offset=offset, reason="tfrecord_crc")
     return data
 
 
@@ -117,7 +117,7 @@ def iter_tfrecord_frames(path: str, verify: bool = True) -> Iterator[tuple[int, 
     """Yields (byte offset of the frame, data) for every record of a TFRecord file, in order.
 
     Raises:
-      InputError(reason='tfrecord_crc' | 'tfrecord_truncated'): naming the file and the frame's byte offset.
+      RecordError(reason='tfrecord_crc' | 'tfrecord_truncated'): naming the file and the frame's byte offset.
     """
     path = str(path)
     with open(path, "rb") as f:
@@ -145,8 +145,8 @@ def read_record_at(path: str, offset: int, verify: bool = True) -> bytes:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if not 0 <= offset < size:
-            raise InputError(f"byte offset {offset} is outside the file ({size} bytes); the index does not belong "
-                             "to this shard: rewrite the shard", path=path, reason="tfrecord_offset")
+            raise RecordError(f"byte offset {offset} is outside the file ({size} bytes); the index does not belong "
+                             "to this shard: rewrite the shard", path=path, offset=offset, reason="tfrecord_offset")
         f.seek(offset)
         data = _read_frame(f, path, offset, verify)
     assert data is not None

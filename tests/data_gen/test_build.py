@@ -1,6 +1,6 @@
 """End to end: phantom data on disk -> `medclm-data build` -> shards read back record by record.
 
-The framing is checked here with an independent reader (struct + crcmod's CRC-32C, not data_gen.write's code),
+The framing is checked here with an independent reader (struct + crcmod's CRC-32C, not medclm_jax.records's code),
 the counts against the records actually read, and the promises of the build: patient-level splits, whole images
 per curriculum pool, resume, identical output from 1 or 2 workers and from Beam, every bad input accounted for,
 and no patient identifier in any output byte.
@@ -22,11 +22,11 @@ from PIL import Image
 
 from data_gen import phantom
 from data_gen.build import run_build
-from data_gen.write import decode_example
-from medclm_jax.boxes import format_box
+from medclm_jax.records import decode_example
+from medclm_jax.records.boxes import format_box
 from medclm_jax.config_file import load_config
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "data", "phantom.py")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "data", "phantom.py")
 _crc32c = crcmod.predefined.mkCrcFun("crc-32c")
 
 

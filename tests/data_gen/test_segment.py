@@ -248,7 +248,7 @@ def test_nifti_display_orientation_by_hand(tmp_path):
 
 
 def test_nifti_mask_slice_matches_the_image_reader(tmp_path):
-    io_nifti = pytest.importorskip("data_gen.io.nifti")
+    io_nifti = pytest.importorskip("data_gen.imaging.nifti")
     rng = np.random.default_rng(0)
     vol = rng.integers(0, 5, size=(W, H, 6)).astype(np.int16)
     _save_lps(vol, tmp_path / "v.nii.gz", dtype=np.int16)

@@ -25,8 +25,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, g
 from pydicom.uid import UID
 
 from data_gen.errors import InputError
-from data_gen.io.checks import check_pixels
-from data_gen.io.window import ImageOptions, ct_to_uint8, range_to_uint8, stretch_to_uint8
+from data_gen.imaging.checks import check_pixels
+from data_gen.imaging.window import ImageOptions, ct_to_uint8, range_to_uint8, stretch_to_uint8
 from data_gen.types import ImageItem, LoadedImage
 
 # DICOM Modality (0008,0060) -> our modality names. Others are lower-cased (US -> "us", NM -> "nm").

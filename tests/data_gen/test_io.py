@@ -1,4 +1,4 @@
-"""data_gen.io: DICOM / NIfTI / PNG readers and windowing, against real files and hand-computed values."""
+"""data_gen.imaging: DICOM / NIfTI / PNG readers and windowing, against real files and hand-computed values."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, MPEG2MPML, SecondaryCaptureImageStorage, generate_uid
 
 from data_gen.errors import ConfigError, InputError
-from data_gen.io import CT_WINDOWS, ImageOptions, ct_to_uint8, detect_format, load_image, window_to_uint8
-from data_gen.io import dicom as dicom_io
+from data_gen.imaging import CT_WINDOWS, ImageOptions, ct_to_uint8, detect_format, load_image, window_to_uint8
+from data_gen.imaging import dicom as dicom_io
 from data_gen.types import ImageItem
 
 warnings.filterwarnings("ignore", message=".*download.*")

@@ -29,7 +29,7 @@ from data_gen.synth import phrasebook, reply
 from data_gen.synth.scene import Scene
 from data_gen.synth.templates import TemplateSynthesizer, bank
 from data_gen.types import NO_FINDING, CurriculumQA, LinkResult, SynthInput
-from medclm_jax.boxes import CANONICAL_BOX_RE, format_box
+from medclm_jax.records.boxes import CANONICAL_BOX_RE, format_box
 
 VOCAB = ["nodule", "mass", "pleural effusion", "consolidation", "pneumothorax", NO_FINDING]
 KEYS = [f"img{i:03d}:0" for i in range(80)]

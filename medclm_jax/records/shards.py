@@ -25,8 +25,8 @@ import re
 import uuid
 from typing import Iterable, Optional
 
-from data_gen.errors import InputError
-from data_gen.write import tfrecord
+from medclm_jax.records.errors import RecordError
+from medclm_jax.records import tfrecord
 
 INDEX_SUFFIX = ".index"
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<num>\d{5})\.tfrecord$")
@@ -183,11 +183,11 @@ def read_index(shard_path: str) -> list[tuple[int, int]]:
     """The (offset, frame length) of every record of a shard, from its `.index` file.
 
     Raises:
-      InputError(reason='missing_index' | 'bad_index'): naming the index file (and line).
+      RecordError(reason='missing_index' | 'bad_index'): naming the index file (and line).
     """
     path = index_path(shard_path)
     if not os.path.exists(path):
-        raise InputError("the shard has no index file; the shard is unfinished or was copied without it: rewrite "
+        raise RecordError("the shard has no index file; the shard is unfinished or was copied without it: rewrite "
                          "it", path=path, reason="missing_index")
     entries = []
     expected = 0
@@ -197,10 +197,10 @@ def read_index(shard_path: str) -> list[tuple[int, int]]:
             try:
                 offset, length = (int(p) for p in parts)
             except ValueError:
-                raise InputError(f"line {line_no}: expected '<offset> <length>', got {line.strip()!r}", path=path,
+                raise RecordError(f"line {line_no}: expected '<offset> <length>', got {line.strip()!r}", path=path,
                                  reason="bad_index") from None
             if offset != expected or length < tfrecord.HEADER_BYTES + tfrecord.FOOTER_BYTES:
-                raise InputError(f"line {line_no}: frame ({offset}, {length}) does not follow the previous one "
+                raise RecordError(f"line {line_no}: frame ({offset}, {length}) does not follow the previous one "
                                  f"(expected offset {expected})", path=path, reason="bad_index")
             entries.append((offset, length))
             expected = offset + length

@@ -17,10 +17,10 @@ import os
 from typing import Any
 
 from data_gen.errors import InputError
-from data_gen.io.dicom import is_dicom_magic, read_dicom
-from data_gen.io.nifti import read_nifti
-from data_gen.io.raster import read_raster
-from data_gen.io.window import ImageOptions
+from data_gen.imaging.dicom import is_dicom_magic, read_dicom
+from data_gen.imaging.nifti import read_nifti
+from data_gen.imaging.raster import read_raster
+from data_gen.imaging.window import ImageOptions
 from data_gen.types import ImageItem, LoadedImage
 
 _RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")

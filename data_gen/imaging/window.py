@@ -2,7 +2,7 @@
 
 The model sees 8-bit images, so every reader ends here. CT is windowed on Hounsfield units with the classic
 linear window (values below `center - width/2` are black, above `center + width/2` white, linear between);
-other modalities either use the VOI transform their DICOM carries (see `data_gen.io.dicom`) or a percentile
+other modalities either use the VOI transform their DICOM carries (see `data_gen.imaging.dicom`) or a percentile
 stretch.
 
 Presets (center, width) in HU:

@@ -1,4 +1,4 @@
-"""data_gen.write: tf.train.Example bytes, TFRecord framing, shards and their index.
+"""medclm_jax.records: tf.train.Example bytes, TFRecord framing, shards and their index.
 
 The checks are independent of the code under test: CRC-32C comes from `crcmod` (or a table implementation written
 here), frames are parsed with `struct` here, and the Example bytes are written out by hand from the protobuf wire
@@ -13,11 +13,11 @@ import struct
 import numpy as np
 import pytest
 
-from data_gen.errors import InputError
-from data_gen.write import (ShardWriter, TFRecordWriter, decode_example, encode_example, frame_record, list_shards,
+from medclm_jax.records import RecordError
+from medclm_jax.records import (ShardWriter, TFRecordWriter, decode_example, encode_example, frame_record, list_shards,
                             masked_crc32c, read_index, read_record_at, read_shard_record, read_tfrecord,
                             remove_stale_temps, write_shard)
-from data_gen.write import example as example_mod
+from medclm_jax.records import example as example_mod
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_encode_rejects_untyped_values(value, error):
 
 
 def test_decode_garbage_raises():
-    with pytest.raises(InputError) as e:
+    with pytest.raises(RecordError) as e:
         decode_example(b"\xff\xff\xff")
     assert e.value.reason == "bad_example"
 
@@ -221,11 +221,11 @@ def test_corrupt_data_byte_names_file_and_offset(tmp_path):
     bad_offset = placed[2][0]
     raw[bad_offset + 12 + 3] ^= 0x40  # one bit inside record 2's data
     path.write_bytes(bytes(raw))
-    with pytest.raises(InputError) as e:
+    with pytest.raises(RecordError) as e:
         list(read_tfrecord(str(path)))
     assert e.value.reason == "tfrecord_crc"
     assert str(path) in str(e.value) and f"byte offset {bad_offset}" in str(e.value)
-    with pytest.raises(InputError, match=f"byte offset {bad_offset}"):
+    with pytest.raises(RecordError, match=f"byte offset {bad_offset}"):
         read_record_at(str(path), bad_offset)
     assert len(list(read_tfrecord(str(path), verify=False))) == 4  # no CRC check: the flip goes unnoticed
 
@@ -238,18 +238,18 @@ def test_corrupt_length_and_truncation(tmp_path):
     raw = bytearray(good)
     raw[placed[1][0]] ^= 0x01  # record 1's length field
     path.write_bytes(bytes(raw))
-    with pytest.raises(InputError, match=f"length CRC mismatch .* byte offset {placed[1][0]}") as e:
+    with pytest.raises(RecordError, match=f"length CRC mismatch .* byte offset {placed[1][0]}") as e:
         list(read_tfrecord(str(path)))
     assert e.value.reason == "tfrecord_crc"
 
     for cut in (len(good) - 2, placed[2][0] + 5):  # inside the last record's footer, inside its header
         path.write_bytes(good[:cut])
-        with pytest.raises(InputError, match=f"byte offset {placed[2][0]}") as e:
+        with pytest.raises(RecordError, match=f"byte offset {placed[2][0]}") as e:
             list(read_tfrecord(str(path), verify=False))
         assert e.value.reason == "tfrecord_truncated" and str(path) in str(e.value)
 
     path.write_bytes(good)
-    with pytest.raises(InputError, match="outside the file"):
+    with pytest.raises(RecordError, match="outside the file"):
         read_record_at(str(path), len(good) + 10)
 
 
@@ -343,11 +343,11 @@ def test_bad_or_missing_index(tmp_path):
     info = write_shard(str(tmp_path), "train", 0, 1, _records(2))
     with open(info.index_path, "a") as f:
         f.write("12 oops\n")
-    with pytest.raises(InputError, match="line 3") as e:
+    with pytest.raises(RecordError, match="line 3") as e:
         read_index(info.path)
     assert e.value.reason == "bad_index" and info.index_path in str(e.value)
     os.remove(info.index_path)
-    with pytest.raises(InputError) as e:
+    with pytest.raises(RecordError) as e:
         read_index(info.path)
     assert e.value.reason == "missing_index"
     assert list_shards(str(tmp_path), "train") == []  # a shard without its index is not finished

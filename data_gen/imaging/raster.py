@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from data_gen.errors import InputError
-from data_gen.io.checks import check_pixels
-from data_gen.io.window import ImageOptions, ct_to_uint8, stretch_to_uint8
+from data_gen.imaging.checks import check_pixels
+from data_gen.imaging.window import ImageOptions, ct_to_uint8, stretch_to_uint8
 from data_gen.types import ImageItem, LoadedImage
 
 DEEPLESION_OFFSET = 32768  # DeepLesion PNG value = HU + 32768 (uint16)

@@ -3,7 +3,7 @@ extraction, format adherence, organ agreement)."""
 
 import pytest
 
-from medclm_jax.boxes import format_box, to_loc_tokens
+from medclm_jax.records.boxes import format_box, to_loc_tokens
 from medclm_jax.eval import cot, grounding
 
 BOX = (0.25, 0.33, 0.58, 0.67)

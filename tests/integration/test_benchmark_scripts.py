@@ -8,7 +8,7 @@ import numpy as np
 
 from medclm_jax.model import presets, vlm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _load(name):

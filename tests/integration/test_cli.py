@@ -27,7 +27,7 @@ def test_unknown_command_is_an_error(capsys):
 def test_phantom_then_build_from_the_command_line(tmp_path, capsys):
     raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
     assert data_cli.main(["phantom", "--out", raw, "-n", "6", "--seed", "1"]) == 0
-    config = os.path.join(os.path.dirname(__file__), "..", "configs", "data", "phantom.py")
+    config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "data", "phantom.py")
     assert data_cli.main(["build", "--config", f"{config}:root={raw}", "--out", out, "--no-progress",
                           "--set", "image.max_side=128"]) == 0
     assert "records from" in capsys.readouterr().out

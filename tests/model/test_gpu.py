@@ -1,4 +1,4 @@
-"""Checks that need a GPU (skipped elsewhere). On a GPU machine: ``JAX_PLATFORMS=cuda pytest tests/test_gpu.py``."""
+"""Checks that need a GPU (skipped elsewhere). On a GPU machine: ``JAX_PLATFORMS=cuda pytest tests/model/test_gpu.py``."""
 
 import dataclasses
 

@@ -4,10 +4,10 @@ Entry point: `load_image(item, cfg) -> LoadedImage`. The rest is public for mask
 (`display_slice` puts any NIfTI slice on the same display grid as the images).
 """
 
-from data_gen.io.load import detect_format, load_image
-from data_gen.io.nifti import display_slice
-from data_gen.io.raster import DEEPLESION_OFFSET
-from data_gen.io.window import (
+from data_gen.imaging.load import detect_format, load_image
+from data_gen.imaging.nifti import display_slice
+from data_gen.imaging.raster import DEEPLESION_OFFSET
+from data_gen.imaging.window import (
     CT_WINDOWS,
     ImageOptions,
     ct_to_uint8,
