@@ -39,21 +39,22 @@ sys.path.insert(0, ROOT)
 # The floor: the imports, and the config read (transformers' config classes; they also import torch where it is
 # installed). VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork + exec.
 IMPORTS = "import sys; sys.path.insert(0, {root!r}); import jax, numpy, ml_dtypes, orbax.checkpoint; " \
-          "from medclm_jax.model import convert, safetensors_io; " \
+          "from medclm_jax.model import checkpoint, convert, safetensors_io; " \
           "convert.vlm_config_from_hf(convert.read_hf_config({hf!r})); "
 PEAK = "; print('PEAK_KIB', open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
 
 RUNS = {
     "imports": "pass",
     "import only (load_hf)": "convert.load_hf({hf!r}, param_dtype='bfloat16', dtype='bfloat16')",
-    "medclm convert": "convert.main(['--from-hf', {hf!r}, '--to', {out!r}, '--overwrite'])",
+    "medclm convert": "from medclm_jax.commands import convert as command; "
+                      "command.main(['--from-hf', {hf!r}, '--to', {out!r}, '--overwrite'])",
     "load all first": (
         "import glob, safetensors.numpy as stn; tensors = {{}}; "
         "[tensors.update(stn.load_file(f)) for f in sorted(glob.glob({hf!r} + '/*.safetensors'))]; "
         "cfg = convert.vlm_config_from_hf(convert.read_hf_config({hf!r}), param_dtype='bfloat16', "
         "dtype='bfloat16', scan_layers=True); "
         "params = convert.hf_to_vlm_params(tensors.__getitem__, list(tensors), cfg); "
-        "convert.save_checkpoint({out!r}, cfg, params, overwrite=True)"),
+        "checkpoint.save_checkpoint({out!r}, cfg, params, overwrite=True)"),
 }
 
 

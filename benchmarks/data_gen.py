@@ -205,21 +205,19 @@ def bench_build(n_images: int = 48, workers: Sequence[int] = (1, 2), seed: int =
     import collections
     import tempfile
 
-    import configs
     import data_gen.imaging
     import data_gen.link
     import data_gen.pipeline
     import data_gen.segment
     from data_gen import phantom, synth
     from data_gen.build import _load_adapter, class_vocabulary, run_build
-    from medclm_jax.config_file import load_config
+    from data_gen.config import load_dataset_config
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "raw")
         phantom.write_phantom(raw, n_images, seed=seed)
-        cfg = load_config(os.path.join(os.path.dirname(configs.__file__), "data", "phantom.py") + f":root={raw}",
-                          ["write.records_per_shard=8"])
+        cfg = load_dataset_config("phantom", f"root={raw}", ["write.records_per_shard=8"])
         for w in workers:
             t0 = time.perf_counter()
             info = run_build(cfg, os.path.join(tmp, f"out{w}"), workers=w, progress=False)

@@ -5,17 +5,19 @@ A check of the model half only, not the trainer: no curriculum scheduler, no Gra
 
 1. writes the phantom dataset and builds it with ``configs/data/phantom.py`` (or reads ``--data DIR``);
 2. trains a tokenizer on the train split's text (``medclm_jax.model.tokenizer.train_tokenizer``);
-3. makes two examples per train record in DESIGN.md's target forms: Medium (image, Medium question ->
-   ``Reasoning: <cot> Answer: <answer>``) and Hard (image, Hard question -> ``Answer: <answer>``), PaliGemma
-   layout (``<bos> question \\n`` prefix with full attention, the target causal, loss on the target only);
-4. trains ``small`` from scratch with AdamW (warm-up + cosine) for ``--minutes`` or ``--steps``;
+3. makes two examples per train record with the training targets of ``medclm_jax.data.targets``: Medium (image,
+   Medium question -> ``Reasoning: <cot> Answer: <answer>``) and Hard (image, Hard question -> ``Answer:
+   <answer>``), PaliGemma layout (``<bos> question \\n`` prefix with full attention, the target causal, one
+   token-mean loss over the whole target: the curriculum's span-weighted loss belongs to the trainer);
+4. trains ``--preset`` (``small``) from scratch with AdamW (warm-up + cosine) for ``--minutes`` or ``--steps``;
 5. greedy-decodes every train example and every val example and prints the loss curve and the exact-match rate
-   of the ``Answer:`` part, on train (memorized?) and val (unseen images; a small model on 40 records is not
-   expected to generalize much).
+   of the answer as the metrics read it (``eval.cot.extract_answer``: the text after the last ``Answer:``;
+   ``eval.vqa_strict.exact_match``), on train (memorized?) and val (unseen images; a small model on 40 records is
+   not expected to generalize much).
 
 Usage::
 
-    python benchmarks/small_learns.py                 # ~5 minutes
+    python benchmarks/small_learns.py                 # the --minutes budget (5)
     python benchmarks/small_learns.py --steps 50      # quick look
 """
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
 import sys
 import tempfile
 import time
@@ -37,45 +38,44 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from medclm_jax import records  # noqa: E402
+from medclm_jax.data import targets  # noqa: E402
+from medclm_jax.eval import cot, vqa_strict  # noqa: E402
 from medclm_jax.model import presets, sharding, tokenizer, vlm  # noqa: E402
+from medclm_jax.records import schema  # noqa: E402
+
+PHANTOM_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "data",
+                              "phantom.py")
+STAGES = ("medium", "hard")  # Easy needs the box drawn on the image (the input pipeline's job)
 
 
 def build_phantom(workdir: str, n: int) -> str:
-    import configs
     from data_gen import phantom
     from data_gen.build import run_build
     from medclm_jax.config_file import load_config
 
     raw, out = os.path.join(workdir, "phantom"), os.path.join(workdir, "dataset")
     phantom.write_phantom(raw, n, seed=0)
-    cfg = load_config(f"{os.path.join(os.path.dirname(configs.__file__), 'data', 'phantom.py')}:root={raw}")
-    run_build(cfg, out, workers=1, overwrite=True)
+    run_build(load_config(f"{PHANTOM_CONFIG}:root={raw}"), out, workers=1, overwrite=True, progress=False)
     return out
 
 
 def read_split(data_dir: str, split: str) -> list[dict[str, Any]]:
-    from medclm_jax.records import decode_example, read_tfrecord
-    from medclm_jax.records.shards import list_shards
-
-    records = []
-    for shard in list_shards(data_dir, split):
-        records += [decode_example(r) for r in read_tfrecord(shard)]
-    return records
-
-
-def text_of(ex: dict[str, Any], key: str) -> str:
-    return ex[key][0].decode()
-
-
-def examples(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """(image bytes, prompt, target, answer) per stage; Medium and Hard only (see the module docstring)."""
     out = []
-    for ex in records:
-        img = ex["image/encoded"][0]
-        out.append({"image": img, "prompt": text_of(ex, "medium/question"), "answer": text_of(ex, "medium/answer"),
-                    "target": f"Reasoning: {text_of(ex, 'medium/cot')} Answer: {text_of(ex, 'medium/answer')}"})
-        out.append({"image": img, "prompt": text_of(ex, "hard/question"), "answer": text_of(ex, "hard/answer"),
-                    "target": f"Answer: {text_of(ex, 'hard/answer')}"})
+    for shard in records.list_shards(data_dir, split):
+        out += [records.decode_example(r) for r in records.read_tfrecord(shard)]
+    return out
+
+
+def examples(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """(image bytes, prompt, target, answer) per record and stage in `STAGES` (see the module docstring)."""
+    out = []
+    for rec in recs:
+        img = rec[schema.IMAGE_ENCODED][0]
+        for stage in STAGES:
+            target = targets.record_target(rec, stage)
+            out.append({"image": img, "prompt": schema.text(rec, schema.question_key(stage)),
+                        "target": target.text, "answer": target.text[slice(*target.answer)]})
     return out
 
 
@@ -111,26 +111,23 @@ def loss_fn(model: vlm.VLM, params: Any, batch: dict[str, Any]) -> jax.Array:
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def answer_part(text: str) -> str:
-    m = re.search(r"Answer:\s*(.*)", text, flags=re.S)
-    return (m.group(1) if m else "").strip().lower()
-
-
 def exact_match(cfg, params, tok, exs, text_len: int, max_new: int, batch_size: int = 16) -> float:
-    hits = 0
+    """Greedy decoding scored as the metrics score it: the answer after the last `Answer:`, strict exact match."""
+    hits = 0.0
     for start in range(0, len(exs), batch_size):
         chunk = exs[start:start + batch_size]
         batch = encode(cfg, tok, chunk, text_len, with_target=False)
         out = vlm.generate(cfg, {"params": params}, batch, max_new_tokens=max_new)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         for ex, row, n in zip(chunk, tokens, lengths):
-            hits += answer_part(tok.decode(row[:n].tolist())) == ex["answer"].strip().lower()
+            hits += vqa_strict.exact_match(cot.extract_answer(tok.decode(row[:n].tolist())), ex["answer"])
     return hits / max(len(exs), 1)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="a built dataset (default: build the phantom data in a temp dir)")
+    p.add_argument("--preset", default="small", help="model preset trained from scratch (tiny for a smoke test)")
     p.add_argument("-n", type=int, default=48, help="phantom images when building")
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
     p.add_argument("--steps", type=int, default=0, help="train exactly this many steps instead of --minutes")
@@ -140,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    cfg = presets.get_model_config("small")
+    cfg = presets.get_model_config(args.preset)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         data = args.data or build_phantom(tmp, args.n)
@@ -157,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         params = sharding.unbox(jax.jit(model.init)(jax.random.key(args.seed),
                                                     {k: jnp.asarray(v[:1]) for k, v in full.items()}))["params"]
         total = args.steps or 100_000
-        schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(50, total // 10 + 1),
-                                                      args.steps or max(int(args.minutes * 60 * 2), 100))
+        warmup = min(50, total // 10 + 1)
+        # decay over --steps (past the warm-up, so `--steps 1` works), else a guess at the steps --minutes allows
+        decay = max(args.steps, warmup + 1) if args.steps else max(int(args.minutes * 60 * 2), 100)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, warmup, decay)
         opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
         opt_state = opt.init(params)
 
@@ -184,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         max_new = int(max(len(tok.encode(ex["target"])) for ex in train)) + 8
         em_train = exact_match(cfg, params, tok, train, args.text_len, max_new)
         em_val = exact_match(cfg, params, tok, val, args.text_len, max_new) if val else float("nan")
-    print(f"\nsmall preset: {i} steps of batch {args.batch} in {train_s:.0f}s ({i / train_s:.2f} steps/s); "
+    print(f"\n{args.preset} preset: {i} steps of batch {args.batch} in {train_s:.0f}s ({i / train_s:.2f} steps/s); "
           f"loss {np.mean(losses[:10]):.3f} (first 10) -> {np.mean(losses[-10:]):.3f} (last 10)")
-    print(f"greedy 'Answer:' exact match: train {100 * em_train:.1f}%  val {100 * em_val:.1f}%")
+    print(f"greedy answer exact match (eval.cot + vqa_strict): train {100 * em_train:.1f}%  "
+          f"val {100 * em_val:.1f}%")
     return 0
 
 

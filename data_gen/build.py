@@ -1,4 +1,5 @@
-"""`medclm-data build`: convert a detection dataset into sharded curriculum TFRecords.
+"""The build behind `medclm-data build` (`data_gen/commands/build.py`): a detection dataset -> sharded
+curriculum TFRecords.
 
     medclm-data build --config configs/data/vindr_cxr.py:root=/data/vindr,masks=/data/cxas --out /data/out \
         [--workers 8] [--runner local|beam] [--set write.records_per_shard=512] [--overwrite]
@@ -10,13 +11,11 @@ a record or in `rejects.jsonl` with its reason, and dataset_info.json's counts a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from data_gen import dataset_info
 from data_gen.runners.shards import ShardSpec, build_fingerprint, is_finished, load_summary, plan_shards
@@ -41,7 +40,10 @@ def class_vocabulary(items) -> dict[str, list[str]]:
 def run_build(cfg, out_dir: str, *, runner: str = "local", workers: int = 1, overwrite: bool = False,
               progress: bool = True, pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
     """Runs a whole build; returns the dataset_info dict (also written to out_dir/dataset_info.json)."""
+    from data_gen import config
+
     t0 = time.perf_counter()
+    config.validate(cfg)  # a bad key or value stops here, not as a reject on every image
     aset = _load_adapter(cfg)
     items = aset.items
     class_vocab = class_vocabulary(items)
@@ -111,37 +113,3 @@ def format_summary(info: dict[str, Any]) -> str:
         lines.append(f"  reject {reason}: {n}")
     lines += [f"  warning: {w}" for w in info["warnings"]]
     return "\n".join(lines)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from medclm_jax.config_file import load_config
-
-    p = argparse.ArgumentParser(prog="medclm-data build", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="configs/data/<name>.py[:k=v,...]")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set write.records_per_shard=256")
-    p.add_argument("--runner", choices=["local", "beam"], default="local")
-    p.add_argument("--workers", type=int, default=1, help="processes for the local runner")
-    p.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
-    p.add_argument("--no-progress", action="store_true")
-    args, beam_args = p.parse_known_args(argv)
-    if beam_args and args.runner != "beam":
-        p.error(f"unrecognized arguments: {' '.join(beam_args)}")
-    from data_gen.errors import ConfigError, InputError
-    from medclm_jax.config_file import ConfigFileError
-
-    try:
-        cfg = load_config(args.config, args.set)
-        info = run_build(cfg, args.out, runner=args.runner, workers=args.workers, overwrite=args.overwrite,
-                         progress=not args.no_progress, pipeline_args=beam_args)
-    except (ConfigFileError, ConfigError, InputError) as e:
-        # Whole-dataset problems (a config key, a CSV missing a column): one clear line, no traceback.
-        p.error(str(e))
-    print(format_summary(info))
-    print(f"wrote {args.out}/dataset_info.json and rejects.jsonl")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import hashlib
 import json
 from typing import Any
 
@@ -69,11 +70,27 @@ def assemble(cfg, summaries: list[dict[str, Any]], adapter_stats: dict[str, int]
         "adapter": dict(sorted(adapter_stats.items())),
         "rejects": {"total": sum(reject_reasons.values()), "by_reason": dict(sorted(reject_reasons.items()))},
         "generator": generator,
-        "config": json.loads(cfg.to_json(sort_keys=True)),
+        "config": shareable_config(cfg),
         "warnings": pool_warnings(domains),
     }
     check_accounting(info)
     return info
+
+
+def salt_fingerprint(salt: str) -> str:
+    """A one-way fingerprint of the id salt: enough to tell two salts apart, useless for linking ids back."""
+    return "sha256:" + hashlib.sha256(f"medclm-salt-fingerprint\x1f{salt}".encode("utf-8")).hexdigest()[:16]
+
+
+def shareable_config(cfg) -> dict[str, Any]:
+    """The build config as dataset_info.json stores it: the secret salt replaced by its fingerprint.
+
+    With the salt, anyone holding the source keys could recompute the pseudonymous `image/id`s and link records
+    back to them; the dataset is shared, the salt is not.
+    """
+    config = json.loads(cfg.to_json(sort_keys=True))
+    config["salt"] = salt_fingerprint(str(config.get("salt", "")))
+    return config
 
 
 def pool_warnings(domains) -> list[str]:

@@ -13,19 +13,20 @@ Rules (all deterministic):
      branches: it reflects how finely a vocabulary divides a region, not which structure hosts the lesion.
   3. Radiographs (projection): every lesion projects over ribs, clavicles, scapulae, breast shadows and the body
      outline (`names.is_overlay`). When an organ that is not such an overlay reaches `min_score` and comes within
-     `cfg.overlay_tolerance` (default 0.2) of the best containment, only such organs compete: a nodule wholly
-     inside both the right upper zone and the 4th rib's shadow is in the zone. Axial images have no overlays.
-  4. Prefer specific (`cfg.prefer_specific`, default True): while a part of the chosen structure (a zone or lobe of
-     the chosen lung, ...) also reaches `min_score` and its containment is within `cfg.specific_tolerance`
-     (default 0.1) of the containment chosen by rules 2-3, the part is chosen instead. A nodule 95% inside the
-     right upper zone and 100% inside the right lung is reported in the zone; a mass straddling two zones
-     (60% / 40%) stays in the lung, with its zone taken from geometry.
-  5. Below `cfg.min_score` (default 0.1): the nearest organ whose mask lies within `cfg.max_distance_mm` of the
-     box (pixel-centre to box distance, anisotropic spacing respected), or within `cfg.max_distance_px` when the
-     spacing is unknown (default: 5% of the image's long side); method "nearest", score 0, distance recorded;
-     equal distances go to the deeper structure (`names.specificity`), then the name. Otherwise "unknown"
-     (method "none").
+     `overlay_tolerance` of the best containment, only such organs compete: a nodule wholly inside both the
+     right upper zone and the 4th rib's shadow is in the zone. Axial images have no overlays.
+  4. Prefer specific (`prefer_specific`): while a part of the chosen structure (a zone or lobe of the chosen lung,
+     ...) also reaches `min_score` and its containment is within `specific_tolerance` of the containment chosen
+     by rules 2-3, the part is chosen instead. A nodule 95% inside the right upper zone and 100% inside the right
+     lung is reported in the zone; a mass straddling two zones (60% / 40%) stays in the lung, with its zone taken
+     from geometry.
+  5. Below `min_score`: the nearest organ whose mask lies within `max_distance_mm` of the box (pixel-centre to
+     box distance, anisotropic spacing respected), or, when the spacing is unknown, within `max_distance_px`,
+     by default `MAX_DISTANCE_FRACTION` (5%) of the image's long side, so the radius covers the same share of the
+     anatomy at any image size; method "nearest", score 0, distance recorded; equal distances go to the deeper
+     structure (`names.specificity`), then the name. Otherwise "unknown" (method "none").
   Organs that are lesions themselves (TotalSegmentator's kidney cysts) never host a lesion.
+  The thresholds are the `link` config section, read into `LinkSettings` (whose fields hold the defaults).
 
 Location:
   * laterality: the host's own side when its name has one ("left kidney"); else the box centre against the
@@ -53,20 +54,21 @@ for the organs that need them (IoU ties, hosts, midline).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Optional
 
 import numpy as np
 
+from data_gen.errors import ConfigError
 from data_gen.segment import names as organ_names
 from data_gen.types import LinkResult, LoadedImage, OrganMasks
+from medclm_jax.config_file import settings_from
 
 TIE_EPS = 1e-6
 SAT_AREA_FACTOR = 2.0
 SAT_CHUNK = 16
-DEFAULT_SPECIFIC_TOLERANCE = 0.1
-DEFAULT_OVERLAY_TOLERANCE = 0.2
-DEFAULT_MAX_DISTANCE_FRACTION = 0.05
+MAX_DISTANCE_FRACTION = 0.05  # nearest-organ radius without pixel spacing, as a share of the image's long side
 AXIAL_MODALITIES = ("ct", "mri", "mr", "pet", "pt", "nm", "spect")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "XTABLE LATERAL")  # DICOM ViewPosition of lateral radiographs
 # Share of the liver's area (from the patient's right) taken as the right lobe on one slice: an approximation of
@@ -76,14 +78,49 @@ _ZONE_FROM_NAME = (("apical", "upper"), ("upper", "upper"), ("mid", "middle"), (
                    ("lower", "lower"), ("base", "lower"))
 
 
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    try:
-        v = cfg.get(key, default)
-    except AttributeError:
-        v = getattr(cfg, key, default)
-    return default if v is None else v
+@dataclasses.dataclass(frozen=True)
+class LinkSettings:
+    """The `link` config section (rules 3-5 above), read once by `from_config`; the fields hold its defaults.
+
+    Attributes:
+      min_score: containment a host needs: the fraction of the lesion box's pixels its mask covers.
+      max_distance_mm: nearest-organ radius in mm when the pixel spacing is known (rule 5).
+      max_distance_px: nearest-organ radius in pixels when it is not; None: `MAX_DISTANCE_FRACTION` of the
+        image's long side (`max_distance`).
+      prefer_specific: rule 4 (a lobe/zone over the whole lung when both contain the lesion).
+      specific_tolerance: rule 4's containment margin.
+      overlay_tolerance: rule 3's containment margin (radiographs only).
+    """
+
+    min_score: float = 0.1
+    max_distance_mm: float = 30.0
+    max_distance_px: Optional[float] = None
+    prefer_specific: bool = True
+    specific_tolerance: float = 0.1
+    overlay_tolerance: float = 0.2
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "LinkSettings":
+        """Reads the `link` ConfigDict, a dict, a LinkSettings or None (the defaults).
+
+        Raises:
+          ConfigFileError: a key that is not a field (the message names the nearest) or a value of the wrong type.
+          ConfigError: a negative threshold.
+        """
+        s = settings_from(cls, cfg, "link")
+        for name in ("min_score", "max_distance_mm", "max_distance_px", "specific_tolerance", "overlay_tolerance"):
+            value = getattr(s, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"link.{name} must be >= 0, got {value}")
+        return s
+
+    def max_distance(self, height: int, width: int, spacing: Optional[tuple[float, float]]) -> float:
+        """The nearest-organ radius for an image: mm with a pixel spacing, else pixels (rule 5)."""
+        if spacing:
+            return self.max_distance_mm
+        if self.max_distance_px is not None:
+            return self.max_distance_px
+        return MAX_DISTANCE_FRACTION * max(height, width)
 
 
 # ---- counting ------------------------------------------------------------------------------------------------------
@@ -376,8 +413,7 @@ def link_lesions(boxes_px: np.ndarray, masks: OrganMasks, image: LoadedImage, cf
       boxes_px: float `[N, 4]` pixel xyxy boxes on `image.pixels`' grid.
       masks: the image's organ masks (bool `[K, H, W]` on the same grid, display names).
       image: the loaded image (size, modality, `spacing_mm` (row, col), `col_direction`).
-      cfg: the `link` ConfigDict: min_score (0.1), max_distance_mm (30.0), max_distance_px (no spacing; default 5%
-        of the long side), prefer_specific (True), specific_tolerance (0.1), overlay_tolerance (0.2).
+      cfg: `LinkSettings`, or the `link` ConfigDict / dict it is read from; None: the defaults.
 
     Returns:
       One LinkResult per box, in order.
@@ -389,15 +425,10 @@ def link_lesions(boxes_px: np.ndarray, masks: OrganMasks, image: LoadedImage, cf
     m = masks.masks if k_all else np.zeros((0, h, w), bool)
     if k_all and m.shape[1:] != (h, w):
         raise ValueError(f"masks are {m.shape[1:]} but the image is {(h, w)}; load_masks resamples them")
-    min_score = float(_get(cfg, "min_score", 0.1))
-    prefer_specific = bool(_get(cfg, "prefer_specific", True))
-    tolerance = float(_get(cfg, "specific_tolerance", DEFAULT_SPECIFIC_TOLERANCE))
-    overlay_tolerance = float(_get(cfg, "overlay_tolerance", DEFAULT_OVERLAY_TOLERANCE))
+    settings = LinkSettings.from_config(cfg)
+    min_score = settings.min_score
     spacing = tuple(float(s) for s in image.spacing_mm) if image.spacing_mm else None
-    if spacing:
-        max_dist = float(_get(cfg, "max_distance_mm", 30.0))
-    else:
-        max_dist = float(_get(cfg, "max_distance_px", DEFAULT_MAX_DISTANCE_FRACTION * max(h, w)))
+    max_dist = settings.max_distance(h, w, spacing)
     radiograph = str(image.modality).lower() not in AXIAL_MODALITIES
     lateral_view = str(image.view or "").strip().upper() in LATERAL_VIEWS
 
@@ -415,7 +446,8 @@ def link_lesions(boxes_px: np.ndarray, masks: OrganMasks, image: LoadedImage, cf
     for i in range(len(boxes)):
         box = boxes[i]
         k = _choose(containment[i], inter[i], int(box_area[i]), names, eligible, overlay, facts, min_score,
-                    prefer_specific, tolerance, overlay_tolerance if radiograph else None) if k_all else None
+                    settings.prefer_specific, settings.specific_tolerance,
+                    settings.overlay_tolerance if radiograph else None) if k_all else None
         method, score, d_px, d_mm = "containment", 0.0, 0.0, None
         if k is not None:
             score = float(containment[i, k])

@@ -88,14 +88,13 @@ def _load_masks(item: ImageItem, image: LoadedImage, cfg, result: ConvertResult)
     """Organ masks for the image; missing/empty masks fall back to the built-in segmenter when allowed."""
     from data_gen import segment  # local import: keeps worker start-up cheap when masks are off
 
+    settings = segment.MaskSettings.from_config(cfg.masks)
     try:
-        return segment.load_masks(item, image, cfg.masks)
+        return segment.load_masks(item, image, settings)
     except InputError as e:
         result.stats[f"masks_fallback:{e.reason}"] += 1
-        if cfg.masks.get("builtin", True) and cfg.masks.get("source", "auto") != "builtin":
-            fallback = cfg.masks.copy_and_resolve_references()
-            fallback.source = "builtin"
-            return segment.load_masks(item, image, fallback)
+        if settings.builtin and settings.source != "builtin":
+            return segment.load_masks(item, image, dataclasses.replace(settings, source="builtin"))
         return OrganMasks(names=[], masks=np.zeros((0,) + image.pixels.shape[:2], bool), source="none")
 
 

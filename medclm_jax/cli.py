@@ -1,4 +1,5 @@
-"""`medclm` console script: one subcommand per job; each lives in its own module with a `main(argv)`.
+"""`medclm` console script: one subcommand per job; each is a thin module in `medclm_jax/commands/` with a
+`main(argv)`.
 
 Subcommands are imported lazily so `medclm score` does not pay for importing jax.
 """
@@ -8,14 +9,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-# subcommand -> (module, one-line help)
+# subcommand -> (module, one-line help). A command is listed once its module exists (tests run every `--help`).
 COMMANDS = {
-    "train": ("medclm_jax.train.main", "curriculum training (resumes from --workdir)"),
-    "eval": ("medclm_jax.eval.run", "metrics table + JSON + HTML report for a checkpoint on a dataset"),
-    "score": ("medclm_jax.eval.score_cli", "the field's metrics on prediction/reference files"),
-    "predict": ("medclm_jax.eval.predict", "answer, CoT and box overlay for one image"),
-    "convert": ("medclm_jax.model.convert", "pretrained weights in (--from-hf) and out (--to-hf)"),
-    "demo": ("medclm_jax.demo", "phantom data -> data_gen -> train -> eval, minutes on CPU"),
+    "score": ("medclm_jax.commands.score", "the field's metrics on prediction/reference files"),
+    "convert": ("medclm_jax.commands.convert", "pretrained weights in (--from-hf) and out (--to-hf)"),
+    "demo": ("medclm_jax.commands.demo", "phantom data -> data_gen VQA-CoT records, minutes on CPU"),
 }
 
 

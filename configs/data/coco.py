@@ -5,14 +5,14 @@
 
 from ml_collections import config_dict
 
-from configs.data import common
+from data_gen.config import apply_arg, base_config
 
 
 def get_config(arg=None):
-    config = common.base_config("coco", "coco")
+    config = base_config("coco", "coco")
     config.adapter.json = "annotations.json"
     config.adapter.image_dir = "images"  # <image_dir>/<file_name>
     config.adapter.mask_dir = config_dict.placeholder(str)  # per-image mask folders <mask_dir>/<stem>
     config.adapter.modality = config_dict.placeholder(str)  # xray | ct | mri ...; None: from DICOM tags
     config.adapter.options.empty_images = "negative"  # negative | skip (images without annotations)
-    return common.apply_arg(config, arg)
+    return apply_arg(config, arg)

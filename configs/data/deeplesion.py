@@ -6,12 +6,12 @@
 import ml_collections
 from ml_collections import config_dict
 
-from configs.data import common
+from data_gen.config import apply_arg, base_config
 from data_gen.annotations import classes
 
 
 def get_config(arg=None):
-    config = common.base_config("deeplesion", "deeplesion")
+    config = base_config("deeplesion", "deeplesion")
     config.adapter.csv = "DL_info.csv"
     config.adapter.image_dir = "Images_png"  # <image_dir>/<pat>_<study>_<series>/<slice:03d>.png
     config.adapter.modality = "ct"
@@ -19,4 +19,4 @@ def get_config(arg=None):
     # Coarse_lesion_type -> class (defaults in data_gen/annotations/classes.py; -1 is kept as "lesion")
     config.adapter.options.type_map = ml_collections.ConfigDict(dict(classes.DEEPLESION_TYPES))
     config.image.ct_window = "auto"  # the slice's own DICOM_windows
-    return common.apply_arg(config, arg)
+    return apply_arg(config, arg)

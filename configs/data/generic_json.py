@@ -5,11 +5,11 @@
 
 from ml_collections import config_dict
 
-from configs.data import common
+from data_gen.config import apply_arg, base_config
 
 
 def get_config(arg=None):
-    config = common.base_config("generic_json", "generic_json")
+    config = base_config("generic_json", "generic_json")
     config.adapter.json = "annotations.json"  # image/anatomy paths inside are relative to adapter.root
     config.adapter.modality = config_dict.placeholder(str)  # when entries do not say; None: DICOM tags
-    return common.apply_arg(config, arg)
+    return apply_arg(config, arg)

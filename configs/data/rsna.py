@@ -3,15 +3,15 @@
     medclm-data build --config configs/data/rsna.py:root=/data/rsna-pneumonia --out DIR
 """
 
-from configs.data import common
+from data_gen.config import apply_arg, base_config
 
 
 def get_config(arg=None):
-    config = common.base_config("rsna", "rsna")
+    config = base_config("rsna", "rsna")
     config.adapter.csv = "stage_2_train_labels.csv"  # patientId,x,y,width,height,Target
     config.adapter.class_info_csv = "stage_2_detailed_class_info.csv"  # patientId,class (optional file)
     config.adapter.image_dir = "stage_2_train_images"
     config.adapter.image_ext = ".dcm"
     config.adapter.modality = "xray"
     config.adapter.options.negatives = "auto"  # auto | normal_only | all | none (Target 0 images)
-    return common.apply_arg(config, arg)
+    return apply_arg(config, arg)

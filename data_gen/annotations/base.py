@@ -5,7 +5,7 @@ xyxy) and accounts for every annotation row: it becomes a lesion, is merged into
 a negative ("No finding") image, or ends up in `rejects` with a reason. Whole-file problems (a missing file, a
 CSV missing a column) raise `InputError` instead: nothing sensible can be built from such a file.
 
-Rules shared by all adapters (tested in tests/test_annotations.py):
+Rules shared by all adapters (tested in tests/data_gen/test_annotations.py):
   * Boxes: `x2 < x1` or `y2 < y1` is an *inverted* box and is rejected (`reason='inverted_box'`), never swapped:
     a swapped corner usually means the columns were mislabelled, and silently fixing it would hide that. A box
     with `x2 == x1` or `y2 == y1` is rejected as `zero_area`. Boxes partly or fully outside the image are
@@ -37,6 +37,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from data_gen.errors import ConfigError
 from data_gen.types import NO_FINDING, ImageItem, LesionAnnotation, Reject
+from medclm_jax.config_file import check_keys
 
 
 @dataclasses.dataclass
@@ -71,8 +72,19 @@ def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def options(cfg: Any) -> Mapping[str, Any]:
-    return cfg_get(cfg, "options", {}) or {}
+# Every adapter reads `options.class_map` (raw class name -> canonical class; see `classes.class_map`).
+COMMON_OPTIONS = ("class_map",)
+
+
+def options(cfg: Any, known: Sequence[str]) -> Mapping[str, Any]:
+    """`cfg.options`, checked against the adapter's `known` options (plus `COMMON_OPTIONS`).
+
+    Raises:
+      ConfigFileError: an option the adapter does not read (the message names the nearest it does).
+    """
+    opts = cfg_get(cfg, "options", {}) or {}
+    check_keys(opts, tuple(known) + COMMON_OPTIONS, "adapter.options")
+    return opts
 
 
 def as_dict(value: Any) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from data_gen.annotations.base import ClassMap, as_dict, normalize_label, options
+from data_gen.annotations.base import ClassMap, as_dict, cfg_get, normalize_label
 
 # VinDr-CXR: the 14 classes of the public challenge (incl. "Other lesion"), plus the other local labels of the
 # PhysioNet release (v1.0.0 annotates 22 local labels), so those are not counted as unknown.
@@ -81,15 +81,19 @@ PHANTOM_CT_TYPES = {
 }
 
 
+def _options(cfg: Any) -> Any:
+    return cfg_get(cfg, "options", {}) or {}  # the adapter checked its keys (`base.options`)
+
+
 def class_map(default: Mapping[str, str], cfg: Any, open_vocab: bool = False) -> ClassMap:
     """The dataset's table updated with `cfg.options.class_map`."""
     table = dict(default)
-    table.update({str(k): str(v) for k, v in as_dict(options(cfg).get("class_map")).items()})
+    table.update({str(k): str(v) for k, v in as_dict(_options(cfg).get("class_map")).items()})
     return ClassMap(table, open_vocab=open_vocab)
 
 
 def type_map(default: Mapping[str, str], cfg: Any) -> dict[str, str]:
     """DeepLesion-style coarse type (as a string key) -> class, updated with `cfg.options.type_map`."""
     table = dict(default)
-    table.update({str(k): str(v) for k, v in as_dict(options(cfg).get("type_map")).items()})
+    table.update({str(k): str(v) for k, v in as_dict(_options(cfg).get("type_map")).items()})
     return {k: normalize_label(v) for k, v in table.items()}

@@ -24,6 +24,7 @@ from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, option
 from data_gen.annotations.tables import read_json
 from data_gen.errors import ConfigError, InputError
 
+OPTIONS = ("empty_images",)  # adapter.options this adapter reads (besides base.COMMON_OPTIONS)
 EXPECTED = ('{"images": [{"id", "file_name"}], "annotations": [{"image_id", "category_id", "bbox": [x, y, w, h]}], '
             '"categories": [{"id", "name"}]}')
 
@@ -31,7 +32,7 @@ EXPECTED = ('{"images": [{"id", "file_name"}], "annotations": [{"image_id", "cat
 def load(cfg: Any) -> AnnotationSet:
     """The `coco` adapter: `cfg` is the build config's `adapter` section."""
     root = require_root(cfg, "coco")
-    opts = options(cfg)
+    opts = options(cfg, OPTIONS)
     empty_images = str(opts.get("empty_images", "negative"))
     if empty_images not in ("negative", "skip"):
         raise ConfigError(f"adapter.options.empty_images must be 'negative' or 'skip', got {empty_images!r}")

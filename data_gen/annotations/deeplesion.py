@@ -20,10 +20,11 @@ import os
 from typing import Any, Mapping, Optional
 
 from data_gen.annotations import classes
-from data_gen.annotations.base import (AnnotationSet, ClassMap, Collector, cfg_get, parse_number,
+from data_gen.annotations.base import (AnnotationSet, ClassMap, Collector, cfg_get, options, parse_number,
                                        parse_number_list, require_root, resolve, row_ref)
 from data_gen.annotations.tables import read_csv
 
+OPTIONS = ("type_map",)  # adapter.options this adapter reads (besides base.COMMON_OPTIONS)
 EXPECTED_HEADER = ("File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Measurement_coordinates,"
                    "Bounding_boxes,Lesion_diameters_Pixel_,Normalized_lesion_location,Coarse_lesion_type,"
                    "Possibly_noisy,Slice_range,Spacing_mm_px_,Image_size,DICOM_windows,Patient_gender,Patient_age,"
@@ -120,6 +121,7 @@ def parse_dl_info(csv_path: str, *, root: str, image_dir: str, type_map: Mapping
 def load(cfg: Any) -> AnnotationSet:
     """The `deeplesion` adapter: `cfg` is the build config's `adapter` section."""
     root = require_root(cfg, "deeplesion")
+    options(cfg, OPTIONS)
     return parse_dl_info(
         resolve(root, cfg_get(cfg, "csv", "DL_info.csv")),
         root=root,

@@ -18,11 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from data_gen.annotations import classes
-from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, is_no_finding, parse_fields,
-                                       require_root, resolve, row_ref)
+from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, is_no_finding, options,
+                                       parse_fields, require_root, resolve, row_ref)
 from data_gen.annotations.tables import read_json
 from data_gen.errors import InputError
 
+OPTIONS = ()  # adapter.options this adapter reads besides base.COMMON_OPTIONS
 EXPECTED = ('a list of {"image_path", "anatomy_path", "annotations": [{"bbox": [xmin, ymin, xmax, ymax], '
             '"class"}]}')
 
@@ -30,6 +31,7 @@ EXPECTED = ('a list of {"image_path", "anatomy_path", "annotations": [{"bbox": [
 def load(cfg: Any) -> AnnotationSet:
     """The `generic_json` adapter: `cfg` is the build config's `adapter` section."""
     root = require_root(cfg, "generic_json")
+    options(cfg, OPTIONS)
     json_path = resolve(root, cfg_get(cfg, "json", "annotations.json"))
     modality = cfg_get(cfg, "modality")
     source = cfg_get(cfg, "source", "generic_json")

@@ -30,6 +30,7 @@ from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, option
 from data_gen.annotations.tables import CsvTable, read_csv
 from data_gen.errors import InputError
 
+OPTIONS = ("png_size", "include_no_finding")  # adapter.options this adapter reads (besides base.COMMON_OPTIONS)
 EXPECTED_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h]"
 ENTRIES_HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,..."
 
@@ -92,7 +93,7 @@ def _read_entries(path: str, png_size: float) -> dict[str, dict[str, Any]]:
 def load(cfg: Any) -> AnnotationSet:
     """The `nih_cxr14` adapter: `cfg` is the build config's `adapter` section."""
     root = require_root(cfg, "nih_cxr14")
-    opts = options(cfg)
+    opts = options(cfg, OPTIONS)
     csv_path = resolve(root, cfg_get(cfg, "csv", "BBox_List_2017.csv"))
     entries_path = cfg_get(cfg, "entries_csv", "Data_Entry_2017.csv")
     entries_path = resolve(root, entries_path) if entries_path else None

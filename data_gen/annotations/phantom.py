@@ -29,6 +29,7 @@ from data_gen.annotations.tables import read_json
 from data_gen.annotations.vindr_cxr import parse_vindr_csv
 from data_gen.errors import InputError
 
+OPTIONS = ("merge", "merge_iou", "patient_key", "type_map")  # adapter.options read (besides base.COMMON_OPTIONS)
 SUPPORTED_VERSIONS = (1,)
 EXPECTED = '{"seed": ..., "n_cxr": ..., "n_ct": ..., "classes": [...], "version": 1}'
 
@@ -36,7 +37,7 @@ EXPECTED = '{"seed": ..., "n_cxr": ..., "n_ct": ..., "classes": [...], "version"
 def load(cfg: Any) -> AnnotationSet:
     """The `phantom` adapter: `cfg` is the build config's `adapter` section (root = the phantom folder)."""
     root = require_root(cfg, "phantom")
-    opts = options(cfg)
+    opts = options(cfg, OPTIONS)
     meta_path = os.path.join(root, "phantom.json")
     if not os.path.isfile(meta_path):
         raise InputError("not a phantom folder (no phantom.json); write one with `medclm-data phantom --out DIR -n N`"

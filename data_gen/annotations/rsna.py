@@ -27,6 +27,7 @@ from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, option
 from data_gen.annotations.tables import read_csv
 from data_gen.errors import ConfigError
 
+OPTIONS = ("negatives",)  # adapter.options this adapter reads (besides base.COMMON_OPTIONS)
 EXPECTED_HEADER = "patientId,x,y,width,height,Target"
 REQUIRED = ("patientId", "x", "y", "width", "height", "Target")
 NEGATIVE_MODES = ("auto", "normal_only", "all", "none")
@@ -36,7 +37,7 @@ RSNA_CLASSES = {"Target=1": "lung opacity"}
 def load(cfg: Any) -> AnnotationSet:
     """The `rsna` adapter: `cfg` is the build config's `adapter` section."""
     root = require_root(cfg, "rsna")
-    opts = options(cfg)
+    opts = options(cfg, OPTIONS)
     mode = str(opts.get("negatives", "auto"))
     if mode not in NEGATIVE_MODES:
         raise ConfigError(f"adapter.options.negatives must be one of {NEGATIVE_MODES}, got {mode!r}")

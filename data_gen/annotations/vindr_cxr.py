@@ -28,6 +28,7 @@ EXPECTED_HEADER = "image_id,rad_id,class_name,x_min,y_min,x_max,y_max"
 REQUIRED = ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 MERGE_MODES = ("iou", "none")
+OPTIONS = ("merge", "merge_iou", "patient_key")  # adapter.options read (besides base.COMMON_OPTIONS)
 
 
 def parse_vindr_csv(csv_path: str, *, root: str, image_dir: str, image_ext: str, class_map: ClassMap,
@@ -109,7 +110,7 @@ def parse_vindr_csv(csv_path: str, *, root: str, image_dir: str, image_ext: str,
 def load(cfg: Any) -> AnnotationSet:
     """The `vindr_cxr` adapter: `cfg` is the build config's `adapter` section."""
     root = require_root(cfg, "vindr_cxr")
-    opts = options(cfg)
+    opts = options(cfg, OPTIONS)
     return parse_vindr_csv(
         resolve(root, cfg_get(cfg, "csv", "annotations/annotations_train.csv")),
         root=root,

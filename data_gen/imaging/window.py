@@ -16,12 +16,12 @@ Presets (center, width) in HU:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from data_gen.errors import ConfigError
+from medclm_jax.config_file import settings_from
 
 # (center, width) in HU.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -143,45 +143,47 @@ _XRAY_VOI = ("auto", "percentile", "minmax")
 
 @dataclasses.dataclass(frozen=True)
 class ImageOptions:
-    """The display options of the `image` config block that the readers use (`max_side` is the lead's).
+    """The `image` config section, read once by `from_config`; the fields hold its defaults.
 
     Attributes:
       ct_window: CT preset name, `auto`, or an explicit `(center, width)` in HU.
       rgb_windows: False, True (lung/mediastinum/bone as R/G/B) or three windows.
       xray_voi: non-CT grey mapping. `auto`: the DICOM's VOI LUT or first window when it has one, else a
         0.5-99.5 percentile stretch; `percentile` or `minmax`: always that stretch.
+      max_side: long side of the stored image in pixels (aspect kept). The readers ignore it: the pipeline
+        resizes after linking, which runs on the original grid.
     """
 
     ct_window: Union[str, tuple[float, float]] = "lung"
     rgb_windows: Union[bool, tuple] = False
     xray_voi: str = "auto"
+    max_side: int = 896
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ImageOptions":
-        """Read an ml_collections ConfigDict, a dict, an ImageOptions or None (defaults)."""
+        """Read an ml_collections ConfigDict, a dict, an ImageOptions or None (defaults).
+
+        Raises:
+          ConfigFileError: a key that is not a field (the message names the nearest) or a value of the wrong type.
+          ConfigError: an unknown window or VOI mode, or a bad `max_side`.
+        """
         if isinstance(cfg, ImageOptions):
             return cfg
-        if cfg is None:
-            get = lambda k, d: d  # noqa: E731
-        elif isinstance(cfg, Mapping) or hasattr(cfg, "get"):  # dict or ml_collections.ConfigDict
-            get = cfg.get
-        else:
-            get = lambda k, d: getattr(cfg, k, d)  # noqa: E731
-        ct_window = get("ct_window", "lung")
+        s = settings_from(cls, cfg, "image")
+        ct_window = s.ct_window
         if not isinstance(ct_window, str):
             ct_window = tuple(float(x) for x in ct_window)
         if ct_window != "auto":
             resolve_window(ct_window)  # fail early on a typo
-        rgb = get("rgb_windows", False)
-        if isinstance(rgb, (bool, type(None))):
-            rgb = bool(rgb)
-        else:
+        rgb = s.rgb_windows
+        if not isinstance(rgb, bool):
             rgb = tuple(rgb)
             if len(rgb) != 3:
                 raise ConfigError(f"image.rgb_windows: expected True/False or three windows, got {rgb!r}")
             for w in rgb:
                 resolve_window(w)
-        xray_voi = get("xray_voi", "auto")
-        if xray_voi not in _XRAY_VOI:
-            raise ConfigError(f"image.xray_voi: unknown value {xray_voi!r}; expected one of {list(_XRAY_VOI)}")
-        return cls(ct_window=ct_window, rgb_windows=rgb, xray_voi=xray_voi)
+        if s.xray_voi not in _XRAY_VOI:
+            raise ConfigError(f"image.xray_voi: unknown value {s.xray_voi!r}; expected one of {list(_XRAY_VOI)}")
+        if s.max_side < 1:
+            raise ConfigError(f"image.max_side must be >= 1, got {s.max_side}")
+        return dataclasses.replace(s, ct_window=ct_window, rgb_windows=rgb)

@@ -172,7 +172,8 @@ def write_mask_nifti(path: str, mask: np.ndarray, affine: np.ndarray) -> None:
     header = img.header
     header.set_data_offset(352)
     # Single-file NIfTI-1: 348-byte header, 4-byte extension flag (none), voxels in Fortran order. Written
-    # directly (nibabel's writer loops over rows; this is ~10x faster) and gzipped with mtime 0 (deterministic).
+    # directly as one buffer (nibabel's writer goes through its array writer) and gzipped with mtime 0, so the
+    # bytes are deterministic.
     raw = header.binaryblock + b"\x00\x00\x00\x00" + data.tobytes(order="F")
     with open(path, "wb") as f:
         f.write(gzip.compress(raw, compresslevel=1, mtime=0))

@@ -1,4 +1,4 @@
-"""`write_phantom`: the built-in sample dataset in real formats, and the `medclm-data phantom` command.
+"""`write_phantom`: the built-in sample dataset in real formats (`medclm-data phantom` writes it).
 
 Layout (the contract with the `phantom` annotation adapter):
 
@@ -20,15 +20,12 @@ n is, and the same seed gives the same bytes.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
-from typing import Optional
 
 import numpy as np
 
@@ -226,25 +223,3 @@ def write_phantom(out_dir: str, n: int, seed: int = 0, *, cxr_size: int = 512, c
         f.write("\n")
     return {"out_dir": out_dir, "n_cxr": n_cxr, "n_ct": n_ct, "cxr_rows": cxr_rows, "ct_rows": ct_rows, **counts,
             "seconds": round(time.perf_counter() - start, 3)}
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`medclm-data phantom --out DIR -n N [--seed S]`: write the phantom and print its summary as JSON."""
-    parser = argparse.ArgumentParser(
-        prog="medclm-data phantom",
-        description="Write the built-in sample dataset in real formats: DX/CR DICOM chest radiographs with a "
-                    "VinDr-style CSV and per-organ PNG masks, DeepLesion-style 16-bit PNG CT slices with "
-                    "DL_info.csv and TotalSegmentator-style NIfTI masks. Deterministic under --seed.")
-    parser.add_argument("--out", required=True, help="output folder (created; a previous phantom is replaced)")
-    parser.add_argument("-n", type=int, default=40, help="number of images, half radiographs, half CT (default 40)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    parser.add_argument("--cxr-size", type=int, default=512, help="radiograph side in pixels (default 512)")
-    parser.add_argument("--ct-size", type=int, default=512, help="CT slice side in pixels (default 512)")
-    args = parser.parse_args(argv)
-    try:
-        summary = write_phantom(args.out, args.n, args.seed, cxr_size=args.cxr_size, ct_size=args.ct_size)
-    except (FileExistsError, ValueError) as e:
-        print(f"medclm-data phantom: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0

@@ -6,11 +6,14 @@ Neither is a dependency: they are found with `importlib.util.find_spec`, and the
   masks.source = 'totalsegmentator_run'   needs `totalsegmentator` and its weights under `$TOTALSEG_HOME_DIR`
                                           (default `~/.totalsegmentator`); the item's image must be a NIfTI volume
                                           (the key slice of its `--ml` output is used); options masks.fast,
-                                          masks.device ('gpu' | 'cpu').
+                                          masks.device ('gpu' (default) | 'cpu').
   masks.source = 'cxas_run'               needs `cxas` and its weights under masks.cxas_weights (default
                                           `~/weights`); options masks.cxas_model ('UNet_ResNet50_default'),
-                                          masks.device. CXAS segments the windowed image we already loaded (written
-                                          to a temporary PNG), so its masks are on our grid.
+                                          masks.device ('cpu' (default) | 'gpu' ...). CXAS segments the windowed
+                                          image we already loaded (written to a temporary PNG), so its masks are
+                                          on our grid.
+
+The options are fields of `data_gen.segment.load.MaskSettings`, which holds their defaults.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import importlib.util
 import inspect
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -30,12 +33,8 @@ from data_gen.segment import names as organ_names
 from data_gen.segment import sources
 from data_gen.types import ImageItem, LoadedImage
 
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    try:
-        return cfg.get(key, default)
-    except AttributeError:
-        return getattr(cfg, key, default)
+if TYPE_CHECKING:
+    from data_gen.segment.load import MaskSettings
 
 
 def available(tool: str) -> bool:
@@ -51,7 +50,7 @@ def _has_files(folder: str) -> bool:
     return os.path.isdir(folder) and any(files for _, _, files in os.walk(folder))
 
 
-def run_totalsegmentator(item: ImageItem, image: LoadedImage, cfg: Any) -> sources.RawMasks:
+def run_totalsegmentator(item: ImageItem, image: LoadedImage, settings: "MaskSettings") -> sources.RawMasks:
     """TotalSegmentator `total` with `--ml` on the item's NIfTI volume -> RawMasks of the key slice."""
     if not available("totalsegmentator"):
         raise _unavailable("masks.source='totalsegmentator_run' needs `pip install TotalSegmentator`")
@@ -66,9 +65,9 @@ def run_totalsegmentator(item: ImageItem, image: LoadedImage, cfg: Any) -> sourc
     api = importlib.import_module("totalsegmentator.python_api")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "seg.nii.gz")
-        kwargs = {"ml": True, "fast": bool(_get(cfg, "fast", False)), "quiet": True}
+        kwargs = {"ml": True, "fast": settings.fast, "quiet": True}
         if "device" in inspect.signature(api.totalsegmentator).parameters:  # older releases have no `device`
-            kwargs["device"] = str(_get(cfg, "device", "gpu"))
+            kwargs["device"] = settings.device or "gpu"
         api.totalsegmentator(path, out, **kwargs)
         raw = sources.read_totalseg_ml(out, item.slice_index)
     raw.source = "totalsegmentator_run"
@@ -76,17 +75,16 @@ def run_totalsegmentator(item: ImageItem, image: LoadedImage, cfg: Any) -> sourc
     return raw
 
 
-def run_cxas(item: ImageItem, image: LoadedImage, cfg: Any) -> sources.RawMasks:
+def run_cxas(item: ImageItem, image: LoadedImage, settings: "MaskSettings") -> sources.RawMasks:
     """CXAS on the loaded (windowed) radiograph -> RawMasks `[159, H, W]` in CXAS channel order."""
     if not available("cxas"):
         raise _unavailable("masks.source='cxas_run' needs `pip install cxas`")
-    weights = os.path.expanduser(str(_get(cfg, "cxas_weights", "~/weights")))
+    weights = os.path.expanduser(settings.cxas_weights)
     if not _has_files(weights):
         raise _unavailable("CXAS weights not found (they would be downloaded; builds never download); set "
                            "masks.cxas_weights", path=weights)
     segmentor = importlib.import_module("cxas.segmentor")
-    model = segmentor.CXAS(model_name=str(_get(cfg, "cxas_model", "UNet_ResNet50_default")),
-                           gpus=str(_get(cfg, "device", "cpu")))
+    model = segmentor.CXAS(model_name=settings.cxas_model, gpus=settings.device or "cpu")
     pixels = image.pixels if image.pixels.ndim == 2 else image.pixels[..., 0]
     with tempfile.TemporaryDirectory() as tmp:
         png = os.path.join(tmp, "image.png")
@@ -101,9 +99,9 @@ def run_cxas(item: ImageItem, image: LoadedImage, cfg: Any) -> sources.RawMasks:
     return sources.RawMasks(list(names), seg, "cxas_run", str(item.path))
 
 
-def run(source: str, item: ImageItem, image: LoadedImage, cfg: Any) -> sources.RawMasks:
+def run(source: str, item: ImageItem, image: LoadedImage, settings: "MaskSettings") -> sources.RawMasks:
     if source == "totalsegmentator_run":
-        return run_totalsegmentator(item, image, cfg)
+        return run_totalsegmentator(item, image, settings)
     if source == "cxas_run":
-        return run_cxas(item, image, cfg)
+        return run_cxas(item, image, settings)
     raise ValueError(f"not an external segmenter: {source!r}")

@@ -18,10 +18,13 @@ Every mask is resampled (nearest neighbour) to the image grid when its size diff
 masks whose raw names share a display name are merged (OR). `OrganMasks.source` names the reader, with
 `+resampled` appended when any mask needed resampling, so the pipeline's per-source counter also counts those.
 `load_masks_with_stats` additionally returns the counts.
+
+The `masks` config section is read once into `MaskSettings`, whose fields hold its defaults.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Optional, Sequence, Union
 
@@ -31,21 +34,48 @@ from data_gen.errors import ConfigError, InputError
 from data_gen.segment import names as organ_names
 from data_gen.segment import sources
 from data_gen.types import ImageItem, LoadedImage, OrganMasks
+from medclm_jax.config_file import settings_from
 
 SOURCES = ("auto", "png_dir", "cxas_npz", "totalseg_dir", "totalseg_ml", "labelmap", "builtin",
            "totalsegmentator_run", "cxas_run", "none")
 _STACK_SUFFIXES = (".npz", ".npy")
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    try:
-        return cfg.get(key, default)  # ml_collections.ConfigDict
-    except AttributeError:
-        return getattr(cfg, key, default)
+@dataclasses.dataclass(frozen=True)
+class MaskSettings:
+    """The `masks` config section, read once by `from_config`; the fields hold its defaults.
+
+    Attributes:
+      source: the reader (`SOURCES`; see the module docstring).
+      root: default folder of per-image masks (`<root>/<image key>...`); relative `mask_ref`s are relative to it.
+      builtin: fall back to the built-in segmenter when an image has no masks.
+      fast: `totalsegmentator_run`: TotalSegmentator's fast (3 mm) model.
+      device: `totalsegmentator_run` / `cxas_run`: 'gpu' | 'cpu' ...; None: the tool's own default (gpu for
+        TotalSegmentator, cpu for CXAS).
+      cxas_weights: `cxas_run`: the folder holding CXAS's weights (never downloaded by a build).
+      cxas_model: `cxas_run`: the CXAS model name.
+    """
+
+    source: str = "auto"
+    root: Optional[str] = None
+    builtin: bool = True
+    fast: bool = False
+    device: Optional[str] = None
+    cxas_weights: str = "~/weights"
+    cxas_model: str = "UNet_ResNet50_default"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "MaskSettings":
+        """Reads the `masks` ConfigDict, a dict, a MaskSettings or None (the defaults).
+
+        Raises:
+          ConfigFileError: a key that is not a field (the message names the nearest) or a value of the wrong type.
+          ConfigError: an unknown `source`.
+        """
+        s = settings_from(cls, cfg, "masks")
+        if s.source not in SOURCES:
+            raise ConfigError(f"masks.source: unknown source {s.source!r}; one of {', '.join(SOURCES)}")
+        return s
 
 
 def resample_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -68,7 +98,7 @@ def resolve_mask_ref(item: ImageItem, cfg: Any) -> Optional[str]:
     Returns None when there is nothing to look for (no mask_ref and no root). A configured reference that does not
     exist is returned as is (the reader raises `missing_masks` naming it).
     """
-    root = _get(cfg, "root")
+    root = MaskSettings.from_config(cfg).root
     if item.mask_ref:
         ref = str(item.mask_ref)
         if root and not os.path.isabs(ref):
@@ -178,9 +208,8 @@ def to_organ_masks(raw_names: Sequence[str], masks: Union[np.ndarray, list[np.nd
 
 def load_masks_with_stats(item: ImageItem, image: LoadedImage, cfg: Any) -> tuple[OrganMasks, dict[str, int]]:
     """`load_masks`, also returning the counts of `to_organ_masks` (plus `builtin` when it ran)."""
-    source = str(_get(cfg, "source", "auto") or "auto")
-    if source not in SOURCES:
-        raise ConfigError(f"masks.source: unknown source {source!r}; one of {', '.join(SOURCES)}")
+    settings = MaskSettings.from_config(cfg)
+    source = settings.source
     shape = (image.height, image.width)
     if source == "none":
         return OrganMasks(names=[], masks=np.zeros((0,) + shape, bool), source="none"), {"kept": 0}
@@ -189,14 +218,14 @@ def load_masks_with_stats(item: ImageItem, image: LoadedImage, cfg: Any) -> tupl
     if source in ("totalsegmentator_run", "cxas_run"):
         from data_gen.segment import external  # local: the optional segmenters are heavy imports
 
-        raw = external.run(source, item, image, cfg)
+        raw = external.run(source, item, image, settings)
         om, stats = to_organ_masks(raw.names, raw.masks, shape, raw.source)
         return _check_nonempty(om, stats, raw.path)
 
-    ref = resolve_mask_ref(item, cfg)
+    ref = resolve_mask_ref(item, settings)
     if ref is None:
         if source == "auto":
-            if _get(cfg, "builtin", True):
+            if settings.builtin:
                 return _builtin(image)
             return OrganMasks(names=[], masks=np.zeros((0,) + shape, bool), source="none"), {"kept": 0}
         raise InputError(f"masks.source={source!r} but the item has no mask_ref and masks.root is not set",
@@ -233,7 +262,7 @@ def load_masks(item: ImageItem, image: LoadedImage, cfg: Any) -> OrganMasks:
     Args:
       item: the image item (`mask_ref`, `slice_index`, `image_key`, `path` are used).
       image: the loaded image (its grid, and `hu`/`pixels` for the built-in segmenter).
-      cfg: the `masks` ConfigDict: `source`, `root`, `builtin` (see the module docstring).
+      cfg: `MaskSettings`, or the `masks` ConfigDict / dict it is read from (see the module docstring).
 
     Returns:
       OrganMasks with bool `[K, H, W]` masks on `image.pixels`' grid, display names, no empty mask. With the

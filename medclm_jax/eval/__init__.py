@@ -8,5 +8,6 @@ Pure Python (no jax import), so `medclm score` starts fast and training/validati
 - `grounding`: box parsing in every form we emit or meet, IoU, accuracy at IoU >= 0.5, mean IoU.
 - `cot`: answer extraction, format adherence, organ agreement of the reasoning.
 - `benchmarks`: VQA-RAD, SLAKE, PathVQA, PMC-VQA loaders in their public release layouts.
-- `records`, `score`, `score_cli`: prediction/reference files, the scoring entry point, the CLI.
+- `records`, `score`: prediction/reference files, the scoring entry point (the command line is
+  `medclm_jax/commands/score.py`).
 """

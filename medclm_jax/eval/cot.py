@@ -1,18 +1,33 @@
 """The generated chain of thought: answer extraction, format adherence, and organ agreement.
 
-Our targets are `Reasoning: <cot> Answer: <answer>` (Easy/Medium) and `Answer: <answer>` (Hard), see DESIGN.md.
+Our targets are `Reasoning: <cot> Answer: <answer>` (Easy/Medium) and `Answer: <answer>` (Hard), written by
+`medclm_jax.data.targets` (docs/design.md, "Curriculum"). The two markers are defined here, once, and the writer
+imports them, so this parser is the target writer's exact inverse; they live on this side so that `medclm score`
+imports nothing but the standard library.
+
 The VQA metrics score the text after the *last* `Answer:` (a model that restates the question's "Answer:" early
-is judged on its final answer); the reasoning is everything before it, minus a leading `Reasoning:`.
+is judged on its final answer); the reasoning is everything before it, minus a leading `Reasoning:`. Markers match
+in any case and with spaces before the colon (`answer :`).
 """
 
 from __future__ import annotations
 
 import re
 
-_ANSWER_TAG = re.compile(r"answer\s*:", re.IGNORECASE)
-_REASONING_TAG = re.compile(r"^\s*reasoning\s*:", re.IGNORECASE)
+REASONING_MARKER = "Reasoning:"
+ANSWER_MARKER = "Answer:"
+
+
+def _tag(marker: str) -> str:
+    """`Answer:` -> a pattern for `answer:`, `ANSWER :`, ... (matched with IGNORECASE)."""
+    return re.escape(marker.rstrip(":")) + r"\s*:"
+
+
+ANSWER_TAG = re.compile(_tag(ANSWER_MARKER), re.IGNORECASE)
+_REASONING_TAG = re.compile(r"^\s*" + _tag(REASONING_MARKER), re.IGNORECASE)
 # `Reasoning:` then some non-space text, later `Answer:` then some non-space text.
-_FULL_FORMAT = re.compile(r"^\s*reasoning\s*:\s*\S.*?answer\s*:\s*\S", re.IGNORECASE | re.DOTALL)
+_FULL_FORMAT = re.compile(rf"^\s*{_tag(REASONING_MARKER)}\s*\S.*?{_tag(ANSWER_MARKER)}\s*\S",
+                          re.IGNORECASE | re.DOTALL)
 
 
 def split_reasoning_answer(text: str) -> tuple[str, str | None]:
@@ -20,7 +35,7 @@ def split_reasoning_answer(text: str) -> tuple[str, str | None]:
     None when there is no `Answer:`; reasoning is the text before it without a leading `Reasoning:` (the whole text
     when there is no `Answer:`)."""
     last = None
-    for last in _ANSWER_TAG.finditer(text):
+    for last in ANSWER_TAG.finditer(text):
         pass
     if last is None:
         return _REASONING_TAG.sub("", text, count=1).strip(), None

@@ -1,6 +1,7 @@
 """One scoring entry point: predictions + references -> nested metrics dict and a printed table.
 
-Used by `medclm score` (`score_cli.py`), and by training validation / `medclm eval` with in-memory records.
+Used by `medclm score` (`medclm_jax/commands/score.py`), and by training validation / `medclm eval` with
+in-memory records.
 
 ## File formats
 

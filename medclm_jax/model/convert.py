@@ -1,37 +1,30 @@
-"""`medclm convert`: Hugging Face VLM checkpoints (safetensors + config.json) <-> our params (Orbax).
+"""Hugging Face VLM checkpoints (safetensors + config.json) <-> our params, and the layer layout of our params.
 
-  medclm convert --from-hf HF_DIR --to DIR      PaliGemma 1/2 or Gemma 3 / MedGemma -> an Orbax model
-                                                checkpoint (params + config metadata), tokenizer files copied
-  medclm convert --from DIR --to-hf HF_DIR      back to (sharded) safetensors + config.json that
-                                                transformers (and vLLM) load
-  medclm convert --from DIR --to DIR2 --layout unrolled|scan
-                                                the same checkpoint with layers unrolled (serving: ring-buffer
-                                                KV caches) or stacked for nn.scan (training)
+- Import (``load_hf``): PaliGemma 1/2 or Gemma 3 / MedGemma -> (VLMConfig, param tree), which
+  ``medclm_jax.model.checkpoint.save_checkpoint`` writes as our model checkpoint.
+- Export (``export_hf``): back to (sharded) safetensors + config.json that transformers (and vLLM) load.
+- Relayout (``relayout``): layers unrolled (serving: ring-buffer KV caches) or stacked for nn.scan (training).
 
 Import reads one tensor at a time from the safetensors files and builds one param tree, so a 4B model is
-never held twice while reading (Orbax's write then stages a copy; ``benchmarks/convert_memory.py``). Export streams tensors into shards of at most `--max-shard-gb`. Tensor names are read in any
-of the three layouts in use (the Hub's `vision_tower.vision_model.` / `language_model.model.`, transformers
-5.x's saved `vision_tower.`, and its in-memory `model.vision_tower.` / `model.language_model.`) and written in
-the Hub layout, which transformers 4.x/5.x and vLLM all load.
+never held twice while reading (Orbax's write then stages a copy; ``benchmarks/convert_memory.py``). Export
+streams tensors into shards of at most ``max_shard_bytes``. Tensor names are read in any of the three layouts in
+use (the Hub's `vision_tower.vision_model.` / `language_model.model.`, transformers 5.x's saved `vision_tower.`,
+and its in-memory `model.vision_tower.` / `model.language_model.`) and written in the Hub layout, which
+transformers 4.x/5.x and vLLM all load. The command line is ``medclm_jax/commands/convert.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
-import shutil
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medclm_jax.model import convert_gemma, convert_siglip, safetensors_io
-from medclm_jax.model.gemma import GemmaConfig
-from medclm_jax.model.siglip import SiglipConfig
+from medclm_jax.model import checkpoint, convert_gemma, convert_siglip, safetensors_io
 from medclm_jax.model.vlm import VLMConfig
 
 log = logging.getLogger(__name__)
@@ -40,10 +33,6 @@ SUPPORTED_ARCHITECTURES = {
     "PaliGemmaForConditionalGeneration": "paligemma",
     "Gemma3ForConditionalGeneration": "gemma3",
 }
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
-                   "processor_config.json", "generation_config.json")
-CHECKPOINT_FORMAT = "medclm-vlm"
 # Each component's prefix in the three layouts in use; a name takes the first prefix it starts with.
 PREFIXES = {
     "vision": ("model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower.",
@@ -137,17 +126,6 @@ def vlm_config_to_hf(cfg: VLMConfig) -> dict[str, Any]:
     return dict(architectures=["Gemma3ForConditionalGeneration"], model_type="gemma3",
                 mm_tokens_per_image=cfg.mm_tokens_per_image, boi_token_index=cfg.boi_token_id,
                 eoi_token_index=cfg.eoi_token_id, text_config=text, vision_config=vision, **common)
-
-
-def config_to_json(cfg: VLMConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def config_from_json(d: Mapping[str, Any]) -> VLMConfig:
-    lists_to_tuples = lambda x: {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}  # noqa: E731
-    d = lists_to_tuples(d)
-    return VLMConfig(**{**d, "vision": SiglipConfig(**lists_to_tuples(d["vision"])),
-                        "text": GemmaConfig(**lists_to_tuples(d["text"]))})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,60 +227,8 @@ def export_hf(params: Mapping[str, Any], cfg: VLMConfig, out_dir: str | Path, to
     files = safetensors_io.write_sharded(out, vlm_params_to_hf(params, cfg), max_shard_bytes)
     (out / "config.json").write_text(json.dumps(vlm_config_to_hf(cfg), indent=2) + "\n")
     if tokenizer_dir is not None:
-        files += copy_tokenizer_files(tokenizer_dir, out)
+        files += checkpoint.copy_tokenizer_files(tokenizer_dir, out)
     return [*files, "config.json"]
-
-
-def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file() and Path(src).resolve() != Path(dst).resolve():
-            shutil.copy2(Path(src) / name, Path(dst) / name)
-            copied.append(name)
-    return copied
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Our checkpoint: medclm_jax.train.checkpoint's model layout (DIR/params, DIR/metadata) + tokenizer files.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def save_checkpoint(out_dir: str | Path, cfg: VLMConfig, params: Mapping[str, Any],
-                    tokenizer_dir: str | Path | None = None, overwrite: bool = False) -> None:
-    """Writes params + {'format', 'version', 'config'} metadata (Orbax) and copies the tokenizer files."""
-    from medclm_jax.train import checkpoint
-
-    checkpoint.save_params(out_dir, dict(params), {"format": CHECKPOINT_FORMAT, "version": 1,
-                                                   "config": config_to_json(cfg)}, overwrite=overwrite)
-    if tokenizer_dir is not None:
-        copy_tokenizer_files(tokenizer_dir, out_dir)
-
-
-def load_config(ckpt_dir: str | Path) -> VLMConfig:
-    """The VLMConfig stored with a model checkpoint."""
-    from medclm_jax.train import checkpoint
-
-    meta = checkpoint.load_metadata(ckpt_dir)
-    if "config" not in meta:
-        raise ValueError(f"{ckpt_dir}: checkpoint metadata has no model 'config' (keys: {sorted(meta)}); expected "
-                         "a folder written by `medclm convert --from-hf`")
-    return config_from_json(meta["config"])
-
-
-def load_checkpoint(ckpt_dir: str | Path, shardings: Any = None) -> tuple[VLMConfig, Any]:
-    """(config, params) from a model checkpoint; params go to `shardings` (default: the first local device).
-
-    The stored tree is checked against the model the config builds (a missing or mis-shaped param is named).
-    """
-    import flax.linen as nn
-    import jax
-
-    from medclm_jax.model import vlm
-    from medclm_jax.train import checkpoint
-
-    cfg = load_config(ckpt_dir)
-    abstract = nn.meta.unbox(jax.eval_shape(lambda: vlm.init_params(cfg, jax.random.key(0))))["params"]
-    return cfg, checkpoint.load_params(ckpt_dir, abstract, shardings)
 
 
 def relayout(cfg: VLMConfig, params: Mapping[str, Any], scan_layers: bool) -> tuple[VLMConfig, dict[str, Any]]:
@@ -342,63 +268,7 @@ def _host(tree: Any) -> Any:
     return _tree_map(np.asarray, tree)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# CLI.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="medclm convert", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  medclm convert --from-hf ~/hf/paligemma-3b-pt-224 --to ckpt/pg224\n"
-               "  medclm convert --from ckpt/pg224 --to-hf out/pg224-hf")
-    parser.add_argument("--from-hf", dest="from_hf", metavar="DIR", help="Hugging Face model folder (config.json + safetensors)")
-    parser.add_argument("--to", metavar="DIR", help="output folder for our checkpoint (with --from-hf)")
-    parser.add_argument("--from", dest="from_ours", metavar="DIR", help="our checkpoint folder (with --to-hf)")
-    parser.add_argument("--to-hf", dest="to_hf", metavar="DIR", help="output Hugging Face folder (with --from)")
-    parser.add_argument("--param-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="dtype of the imported params (auto: as stored)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
-                        help="compute dtype recorded in the config (default: bfloat16)")
-    parser.add_argument("--layout", default=None, choices=["scan", "unrolled"],
-                        help="stack layers for nn.scan (training; the default for --from-hf) or keep one subtree "
-                             "per layer (serving: ring-buffer KV caches on sliding-window layers); with --from DIR "
-                             "--to DIR it re-saves our checkpoint in that layout")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --to checkpoint")
-    parser.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size for --to-hf")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    relayout_only = bool(args.from_ours and args.to and not args.from_hf and not args.to_hf)
-    if relayout_only and args.layout is None:
-        parser.error("--from DIR --to DIR re-saves a checkpoint in another layout: give --layout scan|unrolled")
-    if not relayout_only and (bool(args.from_hf) == bool(args.from_ours) or bool(args.from_hf) != bool(args.to)
-                              or bool(args.from_ours) != bool(args.to_hf)):
-        parser.error("use --from-hf DIR --to DIR, --from DIR --to-hf DIR, or --from DIR --to DIR --layout ...")
-    try:
-        if relayout_only:
-            cfg, params = relayout(*load_checkpoint(args.from_ours), scan_layers=args.layout == "scan")
-            params = _to_jax_leafwise(params)
-            save_checkpoint(args.to, cfg, params, tokenizer_dir=args.from_ours, overwrite=args.overwrite)
-            log.info("wrote %s (%s layout)", args.to, args.layout)
-        elif args.from_hf:
-            cfg, params = load_hf(args.from_hf, param_dtype=args.param_dtype, dtype=args.dtype,
-                                  scan_layers=(args.layout or "scan") == "scan")
-            params = _to_jax_leafwise(params)
-            save_checkpoint(args.to, cfg, params, tokenizer_dir=args.from_hf, overwrite=args.overwrite)
-            log.info("wrote %s (%s, %s params)", args.to, cfg.family, f"{_count(params):,}")
-        else:
-            cfg, params = load_checkpoint(args.from_ours)
-            files = export_hf(params, cfg, args.to_hf, tokenizer_dir=args.from_ours,
-                              max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
-            log.info("wrote %s: %s", args.to_hf, ", ".join(files))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"medclm convert: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _to_jax_leafwise(params: dict[str, Any]) -> Any:
+def to_jax_leafwise(params: dict[str, Any]) -> Any:
     """The numpy tree as jax arrays, one leaf at a time, each numpy leaf released once moved: Orbax writes
     jax arrays with one staging copy, but numpy trees with about two (``benchmarks/convert_memory.py``).
     Consumes ``params``: the caller must not keep another reference to it."""
@@ -409,13 +279,3 @@ def _to_jax_leafwise(params: dict[str, Any]) -> Any:
     for i in range(len(leaves)):
         leaves[i] = jax.device_put(leaves[i])  # drops the list's reference, the numpy leaf's last one
     return jax.tree.unflatten(treedef, leaves)
-
-
-def _count(params) -> int:
-    import jax
-
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

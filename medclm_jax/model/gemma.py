@@ -10,7 +10,7 @@ Gemma 3       + QK-norm, 5 local : 1 global layers, RoPE base 10k local / 1M glo
               on global layers for the 4B), no soft-caps
 ============  =======================================================================================
 
-Interface (the VLM composes against it; see ``/work/briefs/M1a_status.md``)::
+Interface (what ``vlm.py`` composes against)::
 
     dec = GemmaDecoder(cfg)
     x = dec.apply(params, tokens, method=dec.embed)               # [B, T, D], already * sqrt(D)

@@ -103,8 +103,8 @@ def dense(x: Array, w: Array, contract: int = 1, transpose_w: bool = False, out_
     ``einsum('btd,vd->btv')``. The value equals the einsum; the reason for this function is its hand-written
     gradient: ``dx = g @ w^T`` and ``dw = x^T @ g`` over the flattened ``[B*T, ...]`` rows. Autodiff of the
     batched einsum makes XLA:CPU materialize a transposed copy of ``g`` fused with the preceding elementwise
-    gradient (gelu, softmax), which ran at a few hundred MB/s and cost more than the matrix products
-    (the ``small`` preset's CPU training step went from 0.74 s to 0.56 s with this).
+    gradient (gelu, softmax): a memory-bound copy that cost more than the matrix products themselves
+    (``benchmarks/model.py`` measures the step; figures in ``benchmarks/results/notes.md``).
 
     Args:
       x: ``[..., K1, .., Kc]`` activations.
@@ -154,7 +154,7 @@ def write_cache(buf: Array, new: Array, end: Array) -> Array:
     """Per-row cache write ``buf[b, end[b]:end[b]+T] = new[b]``; ``buf: [B, S, ...]``, ``new: [B, T, ...]``.
 
     A one-token write (every decode step) is a select against a one-hot slot mask: rows write at different
-    slots, and XLA turns a per-row ``dynamic_update_slice`` into a scatter, several times slower on CPU/GPU.
+    slots, and XLA turns a per-row ``dynamic_update_slice`` into a scatter, which CPU and GPU run slowly.
     Longer writes (the prefill) use the per-row ``dynamic_update_slice``.
     """
     new = new.astype(buf.dtype)

@@ -54,7 +54,7 @@ def _tiny_gemma3() -> VLMConfig:
 
 
 def _small() -> VLMConfig:
-    # ~9M params: 64 image tokens + ~100 text tokens train at a few steps/s on 2 CPU cores.
+    # ~8M params, 64 image tokens: small enough to train from scratch on a CPU (benchmarks/small_learns.py).
     return VLMConfig(
         family="paligemma",
         vision=SiglipConfig(image_size=64, patch_size=8, width=256, depth=4, mlp_dim=1024, num_heads=4),

@@ -8,8 +8,9 @@ or corrupt download must give an error that names the file, not a crash deep ins
 Reading copies one tensor at a time from the file straight into its own numpy array (``readinto`` at the
 tensor's offset), so reading a 4B model holds one tensor plus the param tree being built, never a second copy
 of the checkpoint. (An earlier version memory-mapped the files: every page it touched stayed in the process's
-resident set until the reader closed, 2.1x the checkpoint at peak; ``benchmarks/convert_memory.py`` measures
-it.) A folder with `model.safetensors.index.json` (HF sharding) is read through its `weight_map`.
+resident set until the reader closed, so the mapped checkpoint came on top of the param tree at peak;
+``benchmarks/convert_memory.py`` measures the peak, README.md has the figures.) A folder with
+`model.safetensors.index.json` (HF sharding) is read through its `weight_map`.
 """
 
 from __future__ import annotations

@@ -12,11 +12,18 @@ import random
 import numpy as np
 import pytest
 
-from configs.data import common
 from data_gen.annotations import ADAPTERS, get_adapter
 from data_gen.annotations.merge import cluster_boxes, iou_matrix, merge_reader_boxes
 from data_gen.errors import ConfigError, InputError
 from data_gen.types import LesionAnnotation
+from medclm_jax.config_file import ConfigFileError, load_config, parse_arg
+
+# configs/ is not a package: dataset configs are loaded by path, as `--config` does.
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "data")
+
+
+def _config(name, arg=None, sets=()):
+    return load_config(f"{os.path.join(CONFIGS, name)}.py:{arg or ''}", sets)
 
 
 def _write(path, text: str) -> str:
@@ -92,7 +99,7 @@ def _vindr(root, rows=VINDR_ROWS, header="image_id,rad_id,class_name,x_min,y_min
 
 
 def _load(name, arg):
-    cfg = common.apply_arg(__import__(f"configs.data.{name}", fromlist=["get_config"]).get_config(), arg)
+    cfg = _config(name, arg)
     return get_adapter(cfg.adapter.name)(cfg.adapter)
 
 
@@ -486,38 +493,58 @@ SECTIONS = {"name", "adapter", "image", "masks", "link", "synth", "split", "curr
 
 @pytest.mark.parametrize("name", ["vindr_cxr", "nih_cxr14", "rsna", "deeplesion", "coco", "generic_json", "phantom"])
 def test_configs_load_with_args(name):
-    module = __import__(f"configs.data.{name}", fromlist=["get_config"])
-    default = module.get_config()
+    default = _config(name)
     assert set(default.keys()) == SECTIONS
     assert default.adapter.name == name and default.adapter.root is None and default.masks.root is None
     assert default.image.max_side == 896 and default.masks.builtin is True and default.link.min_score == 0.1
     assert default.split.val == 0.1 and default.curriculum.hard_fraction == 0.3 and default.synth.backend == "template"
     assert json.loads(default.to_json())["name"] == name  # serializable (the build fingerprints it)
-    cfg = module.get_config("root=/data/x, masks=/data/m,max_side=512,image.rgb_windows=yes,salt=s3cret,test=0.2")
+    cfg = _config(name, "root=/data/x, masks=/data/m,max_side=512,image.rgb_windows=yes,salt=s3cret,test=0.2")
     assert (cfg.adapter.root, cfg.masks.root, cfg.image.max_side, cfg.image.rgb_windows) == ("/data/x", "/data/m",
                                                                                             512, True)
     assert cfg.salt == "s3cret" and cfg.split.test == 0.2 and isinstance(cfg.split.test, float)
 
 
 def test_phantom_config_masks():
-    cfg = __import__("configs.data.phantom", fromlist=["get_config"]).get_config("root=/tmp/p")
+    cfg = _config("phantom", "root=/tmp/p")
     assert cfg.masks.source == "auto" and cfg.masks.builtin is True and cfg.adapter.root == "/tmp/p"
 
 
-@pytest.mark.parametrize("arg, match", [("nonsense=1", "does not exist"), ("root", "not key=value"),
-                                        ("max_side=big", "not a valid int"), ("image=3", "is a section"),
-                                        ("root=/a,root=/b", "twice"), ("builtin=maybe", "not a valid bool")])
+@pytest.mark.parametrize("arg, match", [
+    ("nonsense=1", "config has no key 'nonsense'"),
+    ("merge_io=0.3", "no key 'merge_io'; did you mean 'merge_iou'"),
+    ("adapter.options.merge_io=0.3", "did you mean 'adapter.options.merge_iou'"),
+    ("link.overlay_tolerence=0.1", "did you mean 'link.overlay_tolerance'"),
+    ("root", "not key=value"), ("max_side=big", "not a valid int"), ("image=3", "is a section"),
+    ("root=/a,root=/b", "twice"), ("builtin=maybe", "not a valid bool")])
 def test_config_arg_errors(arg, match):
-    with pytest.raises(ConfigError, match=match):
-        __import__("configs.data.vindr_cxr", fromlist=["get_config"]).get_config(arg)
+    with pytest.raises(ConfigFileError, match=match):
+        _config("vindr_cxr", arg)
 
 
-def test_parse_arg_literals():
-    assert common.parse_arg("root=/a=b,k=") == {"root": "/a=b", "k": ""}
-    cfg = __import__("configs.data.coco", fromlist=["get_config"]).get_config(
-        "adapter.options.flag=true,adapter.options.n=3,adapter.options.f=0.5,adapter.options.s=abc,modality=none")
-    o = cfg.adapter.options
-    assert (o.flag, o.n, o.f, o.s, cfg.adapter.modality) == (True, 3, 0.5, "abc", None)
+def test_config_arg_values_take_the_field_type():
+    assert parse_arg("root=/a=b,k=") == {"root": "/a=b", "k": ""}
+    cfg = _config("coco", "adapter.options.empty_images=skip,modality=none,link.max_distance_px=40,"
+                  "adapter.options.class_map.Nodule=mass,masks.fast=on")
+    assert (cfg.adapter.options.empty_images, cfg.adapter.modality) == ("skip", None)
+    assert cfg.link.max_distance_px == 40.0 and isinstance(cfg.link.max_distance_px, float)
+    assert cfg.adapter.options.class_map.to_dict() == {"Nodule": "mass"} and cfg.masks.fast is True
+    # an option no adapter declares cannot be made up on the command line any more
+    with pytest.raises(ConfigFileError, match="no key 'adapter.options.flag'"):
+        _config("coco", "adapter.options.flag=true")
+
+
+@pytest.mark.parametrize("name, option, match", [
+    ("vindr_cxr", "merge_io", "did you mean 'adapter.options.merge_iou'"),
+    ("coco", "empty_image", "did you mean 'adapter.options.empty_images'"),
+    ("deeplesion", "typemap", "did you mean 'adapter.options.type_map'"),
+    ("generic_json", "merge", "no key 'adapter.options.merge'")])
+def test_adapters_refuse_unknown_options(tmp_path, name, option, match):
+    """A config file (or a caller) that writes an option the adapter does not read fails before any file is read."""
+    cfg = _config(name, f"root={tmp_path}")
+    cfg.adapter.options[option] = 0.3
+    with pytest.raises(ConfigFileError, match=match):
+        get_adapter(name)(cfg.adapter)
 
 
 def test_phantom_adapter_on_the_real_phantom(tmp_path):

@@ -22,6 +22,7 @@ from PIL import Image
 
 from data_gen import phantom
 from data_gen.build import run_build
+from data_gen.dataset_info import salt_fingerprint
 from medclm_jax.records import decode_example
 from medclm_jax.records.boxes import format_box
 from medclm_jax.config_file import load_config
@@ -276,3 +277,14 @@ def test_train_domains_with_two_images_have_both_pools(built):
     for domain, pools in pools_by_domain.items():
         if len(pools) >= 2:
             assert set(pools.values()) == {"easy_medium", "hard"}, (domain, pools)
+
+
+def test_the_salt_is_stored_only_as_a_one_way_fingerprint(raw, tmp_path):
+    """With the salt, image ids can be recomputed from the source keys: it must not travel with the dataset."""
+    salt = "hospital-secret-7f3a9c"
+    out = str(tmp_path / "out")
+    info = run_build(_cfg(raw, salt=salt), out, workers=1, progress=False)
+    assert info["config"]["salt"] == salt_fingerprint(salt) != salt_fingerprint("medclm")
+    for path in glob.glob(os.path.join(out, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            assert salt.encode() not in open(path, "rb").read(), f"the salt leaked into {path}"

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
+from data_gen.commands.phantom import main
 from data_gen.imaging import display_slice, load_image
-from data_gen.phantom import main, write_phantom
+from data_gen.phantom import write_phantom
 from data_gen.phantom.ct import CT_ORGANS, HU
 from data_gen.phantom.cxr import CXR_ORGANS, plan_findings
 from data_gen.types import ImageItem

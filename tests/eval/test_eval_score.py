@@ -167,7 +167,7 @@ def test_scoring_does_not_import_jax():
     import subprocess
     import sys
 
-    code = ("import sys, medclm_jax.eval.score_cli, medclm_jax.eval.benchmarks; "
+    code = ("import sys, medclm_jax.cli, medclm_jax.commands.score, medclm_jax.eval.benchmarks; "
             "bad = [m for m in ('jax', 'flax', 'torch', 'numpy') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -46,3 +46,16 @@ def test_model_benchmark_cpu_and_gpu_modes_run(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1
     assert "MFU" in capsys.readouterr().out
+
+
+def test_small_learns_runs_on_the_training_targets(capsys):
+    """small_learns trains on `data.targets`' text and scores decodes as the metric does (last `Answer:`)."""
+    bench = _load("small_learns")
+    assert bench.main(["--preset", "tiny", "-n", "4", "--steps", "1", "--batch", "2", "--text-len", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny preset: 1 steps" in out and "greedy answer exact match" in out
+    rec = {"image/encoded": [b"png"], "medium/question": [b"Where?"], "medium/cot": [b"At [0.1, 0.2, 0.3, 0.4]."],
+           "medium/answer": [b"left lung"], "hard/question": [b"Any effusion?"], "hard/answer": [b"no"]}
+    assert [(ex["prompt"], ex["target"], ex["answer"]) for ex in bench.examples([rec])] == [
+        ("Where?", "Reasoning: At [0.1, 0.2, 0.3, 0.4]. Answer: left lung", "left lung"),
+        ("Any effusion?", "Answer: no", "no")]

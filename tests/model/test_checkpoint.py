@@ -1,14 +1,17 @@
-"""Orbax model checkpoints and training-run checkpoints (8 fake CPU devices)."""
+"""Model checkpoints (`medclm_jax.model.checkpoint`): round trips, restores into shardings and dtypes, errors
+that name the parameter (8 fake CPU devices)."""
+
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from medclm_jax.model import presets, vlm
 from medclm_jax.model import sharding as S
-from medclm_jax.train import checkpoint as C
+from medclm_jax.model import checkpoint as C
 
 
 def _params(seed=0):
@@ -88,58 +91,29 @@ def test_model_checkpoint_errors(tmp_path):
         C.load_params(tmp_path / "ckpt", fewer)
 
 
-def test_train_checkpoints_keep_n_and_resume(tmp_path):
-    tx = optax.adamw(1e-3)
-    params = _params()
-    params = {"w": params["embedder"]["input_embedding"]}
-    opt_state = tx.init(params)
-    iterator_state = b'{"next_index": 17}'
-    with C.TrainCheckpoints(tmp_path / "run", max_to_keep=2, keep_every=2) as ckpts:
-        assert ckpts.latest_step() is None
-        for step in range(1, 6):
-            params = {"w": params["w"] + 1.0}
-            ckpts.save(step, params, opt_state, {"curriculum": {"stage_probs": [0.5, 0.3, 0.2], "epoch": step},
-                                                 "data": iterator_state})
-        ckpts.wait()
-        # Latest two (4, 5) plus every second step (2, 4).
-        assert ckpts.all_steps() == [2, 4, 5]
-
-    # A new manager on the same folder resumes from the newest step.
-    mesh = S.make_mesh({"data": 8})
-    ckpts = C.TrainCheckpoints(tmp_path / "run", max_to_keep=2)
-    abstract_params = jax.eval_shape(lambda: params)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    r = ckpts.restore(abstract_params=abstract_params, abstract_opt_state=abstract_opt,
-                      params_shardings=NamedSharding(mesh, P()), opt_state_shardings=NamedSharding(mesh, P()))
-    assert r["step"] == 5
-    _equal(r["params"], params)
-    _equal(r["opt_state"], opt_state)
-    assert isinstance(r["opt_state"][0], optax.ScaleByAdamState)
-    assert r["state"] == {"curriculum": {"stage_probs": [0.5, 0.3, 0.2], "epoch": 5}, "data": iterator_state}
-    assert r["params"]["w"].sharding.spec == P()
-
-    older = ckpts.restore(2, abstract_params=abstract_params)
-    np.testing.assert_allclose(np.asarray(older["params"]["w"]), np.asarray(params["w"]) - 3.0, rtol=1e-6)
-    assert older["opt_state"] is None and older["state"]["curriculum"]["epoch"] == 2
-    with pytest.raises(FileNotFoundError, match=r"step 3.*\[2, 4, 5\]"):
-        ckpts.restore(3, abstract_params=abstract_params)
-    ckpts.close()
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_config_survives_json(name):
+    cfg = presets.get_model_config(name)
+    assert C.config_from_json(json.loads(json.dumps(C.config_to_json(cfg)))) == cfg
 
 
-def test_reads_standalone_params_layout(tmp_path):
-    """A folder with params/ from ocp.StandardCheckpointer and model_config.json (the converter's layout)."""
-    import json
+def test_vlm_checkpoint_round_trip_with_format_tag_and_tokenizer(tmp_path):
+    cfg = presets.get_model_config("tiny_gemma3", param_dtype="float32")
+    params = S.unbox(vlm.init_params(cfg, jax.random.key(1)))["params"]
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "tokenizer.json").write_text('{"stand-in": true}')
+    (hf / "model.safetensors").write_text("not a tokenizer file")
+    C.save_checkpoint(tmp_path / "ckpt", cfg, params, tokenizer_dir=hf)
 
-    import orbax.checkpoint as ocp
+    meta = C.load_metadata(tmp_path / "ckpt")
+    assert (meta["format"], meta["version"]) == ("medclm-vlm", 1) and meta["config"]["family"] == "gemma3"
+    assert (tmp_path / "ckpt" / "tokenizer.json").read_text() == '{"stand-in": true}'
+    assert not (tmp_path / "ckpt" / "model.safetensors").exists()
+    cfg2, params2 = C.load_checkpoint(tmp_path / "ckpt")
+    assert cfg2 == cfg
+    _equal(params2, params)
 
-    params = _params(3)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp_path / "ckpt" / "params", params)
-        ckptr.wait_until_finished()
-    (tmp_path / "ckpt" / "model_config.json").write_text(json.dumps({"format": "medclm-vlm", "config": {"a": 1}}))
-    assert C.load_metadata(tmp_path / "ckpt") == {"format": "medclm-vlm", "config": {"a": 1}}
-    assert C.params_shapes(tmp_path / "ckpt")["embedder"]["input_embedding"].shape == (16, 8)
-    mesh = S.make_mesh({"fsdp": 8})
-    loaded = C.load_params(tmp_path / "ckpt", shardings=NamedSharding(mesh, P()))
-    _equal(loaded, params)
-    assert loaded["step_count"].sharding.spec == P()
+    C.save_params(tmp_path / "bare", _params(), {"source": "test"})  # the layout without a model config
+    with pytest.raises(ValueError, match=r"no model 'config' \(keys: \['source'\]\)"):
+        C.load_config(tmp_path / "bare")

@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")
 
 import hf_tiny_vlm as tiny  # noqa: E402
 
-from medclm_jax.model import convert, presets, safetensors_io, vlm  # noqa: E402
+from medclm_jax.commands import convert as convert_command  # noqa: E402
+from medclm_jax.model import checkpoint, convert, presets, safetensors_io, vlm  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +38,10 @@ def _logits(model, inputs):
 def test_cli_round_trip_reloads_in_transformers(hf_dirs, tmp_path, kind):
     model, hf_dir = hf_dirs[kind]
     ours, back = tmp_path / "ours", tmp_path / "back"
-    assert convert.main(["--from-hf", str(hf_dir), "--to", str(ours), "--param-dtype", "float32"]) == 0
+    assert convert_command.main(["--from-hf", str(hf_dir), "--to", str(ours), "--param-dtype", "float32"]) == 0
     assert (ours / "tokenizer.json").is_file() and (ours / "params").is_dir()
     # A tiny shard limit forces the sharded layout (index + several files).
-    assert convert.main(["--from", str(ours), "--to-hf", str(back), "--max-shard-gb", "0.00005"]) == 0
+    assert convert_command.main(["--from", str(ours), "--to-hf", str(back), "--max-shard-gb", "0.00005"]) == 0
     assert (back / safetensors_io.INDEX_NAME).is_file() and len(list(back.glob("model-*.safetensors"))) > 1
     assert (back / "tokenizer.json").read_text() == '{"stand-in": true}'
 
@@ -49,7 +50,7 @@ def test_cli_round_trip_reloads_in_transformers(hf_dirs, tmp_path, kind):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.eval().state_dict().items()):
         assert torch.equal(a, b), name
-    cfg = convert.load_config(ours)
+    cfg = checkpoint.load_config(ours)
     inputs = vlm.hf_inputs(cfg, tiny.batch(cfg))
     np.testing.assert_array_equal(_logits(reloaded, inputs), _logits(model, inputs))
     # The exported (Hub-layout, sharded) folder converts again to the same config.
@@ -70,14 +71,14 @@ def test_bf16_reader_matches_torch_writer(tmp_path):
     cfg, params = convert.load_hf(tmp_path)  # param_dtype auto: bf16 as stored
     assert cfg.text.param_dtype == "bfloat16"
     assert params["decoder"]["embedder"]["embedding"].dtype.name == "bfloat16"
-    convert.save_checkpoint(tmp_path / "ours", cfg, params)
-    cfg2, params2 = convert.load_checkpoint(tmp_path / "ours")
+    checkpoint.save_checkpoint(tmp_path / "ours", cfg, params)
+    cfg2, params2 = checkpoint.load_checkpoint(tmp_path / "ours")
     assert cfg2 == cfg
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
         assert b.dtype.name == "bfloat16"
         np.testing.assert_array_equal(np.asarray(b), a)
     with pytest.raises(FileExistsError):
-        convert.save_checkpoint(tmp_path / "ours", cfg, params)
+        checkpoint.save_checkpoint(tmp_path / "ours", cfg, params)
 
 
 def _copy(src, dst):
@@ -119,7 +120,7 @@ def test_wrong_shape_names_tensor_and_expected_shape(hf_dirs, tmp_path, capsys):
                                        np.zeros((32, 63), np.float32)}))
     with pytest.raises(ValueError, match=r"mm_input_projection_weight.*expected shape \(32, 64\).*\(32, 63\)"):
         convert.load_hf(path)
-    assert convert.main(["--from-hf", str(path), "--to", str(tmp_path / "out")]) == 1
+    assert convert_command.main(["--from-hf", str(path), "--to", str(tmp_path / "out")]) == 1
     assert "mm_input_projection_weight" in capsys.readouterr().err
 
 
@@ -146,7 +147,7 @@ def test_corrupt_safetensors_is_reported(hf_dirs, tmp_path, damage, capsys):
         file.write_bytes((2**40).to_bytes(8, "little") + data[8:])
     with pytest.raises(safetensors_io.SafetensorsError, match=r"model\.safetensors: not a valid safetensors"):
         convert.load_hf(path)
-    assert convert.main(["--from-hf", str(path), "--to", str(tmp_path / "out")]) == 1
+    assert convert_command.main(["--from-hf", str(path), "--to", str(tmp_path / "out")]) == 1
     assert "not a valid safetensors file" in capsys.readouterr().err
 
 
@@ -170,17 +171,16 @@ def test_presets_survive_hf_config_round_trip(name):
     ours = dict(dtype=cfg.text.dtype, param_dtype=cfg.text.param_dtype, scan_layers=cfg.text.scan_layers,
                 remat_policy=cfg.text.remat_policy)
     assert convert.vlm_config_from_hf(hf, **ours) == cfg
-    assert convert.config_from_json(json.loads(json.dumps(convert.config_to_json(cfg)))) == cfg
 
 
 def test_cli_usage_errors(capsys):
     with pytest.raises(SystemExit) as exit_:
-        convert.main(["--help"])
+        convert_command.main(["--help"])
     assert exit_.value.code == 0 and "--from-hf" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
-        convert.main(["--from-hf", "x"])  # no --to
+        convert_command.main(["--from-hf", "x"])  # no --to
     assert exit_.value.code == 2
-    assert convert.main(["--from-hf", "/nonexistent", "--to", "/tmp/x"]) == 1
+    assert convert_command.main(["--from-hf", "/nonexistent", "--to", "/tmp/x"]) == 1
     assert "config.json: missing" in capsys.readouterr().err
 
 
@@ -210,12 +210,12 @@ def test_relayout_to_unrolled_serves_with_ring_caches(hf_dirs, tmp_path):
 
     _, hf_dir = hf_dirs["gemma3"]
     scan_dir, unrolled_dir = tmp_path / "scan", tmp_path / "unrolled"
-    assert convert.main(["--from-hf", str(hf_dir), "--to", str(scan_dir), "--param-dtype", "float32",
-                         "--dtype", "float32"]) == 0
-    assert convert.main(["--from", str(scan_dir), "--to", str(unrolled_dir), "--layout", "unrolled"]) == 0
+    assert convert_command.main(["--from-hf", str(hf_dir), "--to", str(scan_dir), "--param-dtype", "float32",
+                                 "--dtype", "float32"]) == 0
+    assert convert_command.main(["--from", str(scan_dir), "--to", str(unrolled_dir), "--layout", "unrolled"]) == 0
     assert (unrolled_dir / "tokenizer.json").is_file()
-    cfg_s, p_s = convert.load_checkpoint(scan_dir)
-    cfg_u, p_u = convert.load_checkpoint(unrolled_dir)
+    cfg_s, p_s = checkpoint.load_checkpoint(scan_dir)
+    cfg_u, p_u = checkpoint.load_checkpoint(unrolled_dir)
     assert cfg_s.text.scan_layers and cfg_s.vision.scan_layers
     assert not cfg_u.text.scan_layers and not cfg_u.vision.scan_layers
     assert "layers_0" in p_u["decoder"] and "layer_0" in p_u["vision"]
@@ -231,4 +231,4 @@ def test_relayout_to_unrolled_serves_with_ring_caches(hf_dirs, tmp_path):
     for a, b in zip(jax.tree.leaves(p_b), jax.tree.leaves(p_s)):
         np.testing.assert_array_equal(a, np.asarray(b))
     with pytest.raises(SystemExit):  # --from DIR --to DIR needs the layout to write
-        convert.main(["--from", str(scan_dir), "--to", str(tmp_path / "x")])
+        convert_command.main(["--from", str(scan_dir), "--to", str(tmp_path / "x")])

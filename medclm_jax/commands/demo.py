@@ -3,7 +3,8 @@
 Today it runs the data half: writes the phantom dataset in real formats (DICOM + VinDr-style CSV + per-organ PNG
 masks; DeepLesion-style 16-bit PNG + DL_info.csv + TotalSegmentator-style NIfTI masks), converts it with
 `configs/data/phantom.py` into Easy/Medium/Hard VQA-CoT TFRecords, and prints the dataset summary and one record.
-Training and evaluation stages are added to this command as they land (see README).
+Training and evaluation stages are added to this command as they land (see README). The one module of
+medclm_jax that imports data_gen: it composes both halves.
 """
 
 from __future__ import annotations
@@ -22,19 +23,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    import configs
     from data_gen import phantom
     from data_gen.build import format_summary, run_build
+    from data_gen.config import load_dataset_config
     from medclm_jax.records import decode_example, read_tfrecord, schema
-    from medclm_jax.config_file import load_config
 
     raw = os.path.join(args.workdir, "phantom")
     out = os.path.join(args.workdir, "dataset")
     print(f"[1/2] phantom data -> {raw}")
     phantom.write_phantom(raw, args.n, seed=args.seed)
     print(f"[2/2] data_gen build -> {out}")
-    cfg_path = os.path.join(os.path.dirname(configs.__file__), "data", "phantom.py")
-    cfg = load_config(f"{cfg_path}:root={raw}")
+    cfg = load_dataset_config("phantom", f"root={raw}")
     info = run_build(cfg, out, workers=args.workers, overwrite=True)
     print(format_summary(info))
     first = sorted(f for f in os.listdir(out) if f.endswith(".tfrecord"))[0]

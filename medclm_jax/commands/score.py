@@ -3,6 +3,7 @@
 Accepts our JSONL and LLaVA-Med's own files (formats in `medclm_jax/eval/score.py`). Prints the table; with
 `--json` also writes the flat metrics (`llava_med/open_recall`, `llava_med/closed_accuracy`, ... in percent).
 Exit status 0 on success, 2 on unusable input (the message names the file, line and field).
+No jax import: it starts fast and runs where jax is absent.
 """
 
 from __future__ import annotations
