@@ -23,6 +23,8 @@ from typing import Iterable, Optional
 import ml_collections
 from ml_collections import config_dict
 
+from data_gen.annotations import ADAPTERS
+from data_gen.errors import ConfigError
 from data_gen.imaging.window import ImageOptions
 from data_gen.link import LinkSettings
 from data_gen.segment.load import MaskSettings
@@ -76,8 +78,9 @@ def base_config(name: str, adapter: str) -> ml_collections.ConfigDict:
         "name": adapter,
         "root": config_dict.placeholder(str),  # the dataset folder; relative file names below are relative to it
         "source": name,  # written to item.source
-        # the adapter's options (each adapter lists those it reads in its OPTIONS); class_map: raw -> canonical class
-        "options": ml_collections.ConfigDict({"class_map": ml_collections.ConfigDict()}),
+        # the adapter's options (each adapter lists those it reads in its OPTIONS); class_map: raw -> canonical class;
+        # duplicates: a row repeated exactly is 'merge'd into the first or 'reject'ed (never a second record)
+        "options": ml_collections.ConfigDict({"class_map": ml_collections.ConfigDict(), "duplicates": "merge"}),
     })
     for section, settings in SETTINGS.items():
         config[section] = config_section(settings)
@@ -99,19 +102,45 @@ def apply_arg(config: ml_collections.ConfigDict, arg: Optional[str]) -> ml_colle
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Reads every settings section and checks the other sections' keys, so a config that wrote a key no code
-    reads (a typo in a config file) fails before the build starts. The adapter checks its own options.
+    """Reads every settings section and checks the other sections' keys and values, so a config that wrote a key
+    no code reads (a typo in a config file) or a value out of range fails before the build starts, not as a
+    reject on every image. The adapter checks its own options when it is loaded, also before any image.
 
     Raises:
       ConfigFileError: an unknown key, naming the nearest valid ones, or a value of the wrong type.
-      ConfigError: a bad value (the message names the key).
+      ConfigError: a bad value; the message names the key, the value and what is valid.
     """
+    if cfg.adapter.name not in ADAPTERS:
+        raise ConfigError(f"adapter.name: unknown adapter {cfg.adapter.name!r}; expected one of {list(ADAPTERS)}")
     for section, settings in SETTINGS.items():
         settings.from_config(cfg[section])
     reference = base_config(str(cfg.name), str(cfg.adapter.name))
     check_keys(cfg, reference.keys(), "")
     for section in ("split", "curriculum", "write"):
         check_keys(cfg[section], reference[section].keys(), section)
+    val, test = _number(cfg, "split.val"), _number(cfg, "split.test")
+    if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
+        raise ConfigError(f"split.val={val:g}, split.test={test:g}: each must be in [0, 1) and their sum below 1 "
+                          "(the rest is train)")
+    hard = _number(cfg, "curriculum.hard_fraction")
+    if not 0.0 <= hard < 1.0:
+        raise ConfigError(f"curriculum.hard_fraction must be in [0, 1) (the share of images kept for Hard), "
+                          f"got {hard:g}")
+    if not isinstance(cfg.curriculum.stratify, bool):
+        raise ConfigError(f"curriculum.stratify must be true or false, got {cfg.curriculum.stratify!r}")
+    per_shard = cfg.write.records_per_shard
+    if isinstance(per_shard, bool) or not isinstance(per_shard, int) or per_shard < 1:
+        raise ConfigError(f"write.records_per_shard must be an integer >= 1, got {per_shard!r}")
+    if not isinstance(cfg.salt, str) or not cfg.salt:
+        raise ConfigError(f"salt must be a non-empty string (it keys the pseudonymous image ids), got {cfg.salt!r}")
+
+
+def _number(cfg: ml_collections.ConfigDict, key: str) -> float:
+    section, name = key.split(".")
+    value = cfg[section][name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    return float(value)
 
 
 def config_path(name: str) -> str:

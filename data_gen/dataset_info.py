@@ -15,6 +15,7 @@ import hashlib
 import json
 from typing import Any
 
+from data_gen.synth import usage
 from medclm_jax.records import schema
 
 
@@ -49,7 +50,7 @@ def assemble(cfg, summaries: list[dict[str, Any]], adapter_stats: dict[str, int]
         _add(classes, s["classes"])
         _add(organs, s["organs"])
         _add(stats, s["stats"])
-        reject_reasons.update(f"{r['kind']}:{r['reason']}" for r in s["rejects"])
+        _add(reject_reasons, s["reject_reasons"])
         shards[s["split"]].append(s["shard"])
     reject_reasons.update(f"{r['kind']}:{r['reason']}" for r in adapter_rejects)
     info = {
@@ -68,6 +69,7 @@ def assemble(cfg, summaries: list[dict[str, Any]], adapter_stats: dict[str, int]
         "vocab": {"classes": dict(sorted(classes.items())), "organs": dict(sorted(organs.items()))},
         "stats": dict(sorted(stats.items())),
         "adapter": dict(sorted(adapter_stats.items())),
+        "synth": usage.summarize(stats, str(cfg.synth.get("backend", "template"))),
         "rejects": {"total": sum(reject_reasons.values()), "by_reason": dict(sorted(reject_reasons.items()))},
         "generator": generator,
         "config": shareable_config(cfg),
@@ -82,14 +84,39 @@ def salt_fingerprint(salt: str) -> str:
     return "sha256:" + hashlib.sha256(f"medclm-salt-fingerprint\x1f{salt}".encode("utf-8")).hexdigest()[:16]
 
 
+# Config keys that name files, folders or the local LLM endpoint (adapter.root, adapter.csv, masks.root,
+# synth.llm.base_url, ...): a folder may be named after a patient, and the dataset travels, so their values stay
+# behind.
+_PATH_KEYS = frozenset({"root", "json", "csv", "base_url"})
+_PATH_SUFFIXES = ("_dir", "_path", "_file", "_weights")
+WITHHELD = "<local path, not shared>"
+
+
+def _is_path(key: str, value: Any) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    if key in _PATH_KEYS or key.endswith(_PATH_SUFFIXES):
+        return True
+    # an absolute or home-relative path, a URL, a Windows drive; class names such as `nodule/mass` are not paths
+    return value.startswith(("/", "~", "\\")) or "://" in value or (len(value) > 2 and value[1:3] in (":/", ":\\"))
+
+
+def _withhold_paths(tree: Any) -> Any:
+    if not isinstance(tree, dict):
+        return tree
+    return {k: WITHHELD if _is_path(k, v) else _withhold_paths(v) for k, v in tree.items()}
+
+
 def shareable_config(cfg) -> dict[str, Any]:
-    """The build config as dataset_info.json stores it: the secret salt replaced by its fingerprint.
+    """The build config as dataset_info.json stores it: the secret salt replaced by its fingerprint, every file
+    and folder name withheld.
 
     With the salt, anyone holding the source keys could recompute the pseudonymous `image/id`s and link records
-    back to them; the dataset is shared, the salt is not.
+    back to them; the dataset is shared, the salt is not. Paths are local and may name a patient
+    (`/data/DOE_JOHN_19010203/`).
     """
-    config = json.loads(cfg.to_json(sort_keys=True))
-    config["salt"] = salt_fingerprint(str(config.get("salt", "")))
+    config = _withhold_paths(json.loads(cfg.to_json(sort_keys=True)))
+    config["salt"] = salt_fingerprint(str(cfg.get("salt", "")))
     return config
 
 

@@ -105,13 +105,16 @@ class LinkSettings:
 
         Raises:
           ConfigFileError: a key that is not a field (the message names the nearest) or a value of the wrong type.
-          ConfigError: a negative threshold.
+          ConfigError: a negative threshold, or a containment share above 1.
         """
         s = settings_from(cls, cfg, "link")
         for name in ("min_score", "max_distance_mm", "max_distance_px", "specific_tolerance", "overlay_tolerance"):
             value = getattr(s, name)
             if value is not None and value < 0:
                 raise ConfigError(f"link.{name} must be >= 0, got {value}")
+        for name in ("min_score", "specific_tolerance", "overlay_tolerance"):  # shares of the box's pixels
+            if getattr(s, name) > 1:
+                raise ConfigError(f"link.{name} is a share of the box's pixels, in [0, 1]; got {getattr(s, name)}")
         return s
 
     def max_distance(self, height: int, width: int, spacing: Optional[tuple[float, float]]) -> float:

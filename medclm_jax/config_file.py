@@ -219,13 +219,22 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
 def load_config_file(path: str, arg: Optional[str] = None,
                      overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """Imports the config file at `path` (by path: it need not be in a package), returns `get_config(arg)` with
-    `overrides` applied."""
+    `overrides` applied.
+
+    Raises:
+      ConfigFileError: no such file, a Python syntax error in it (naming the line), no `get_config`, or a bad
+        override.
+    """
     if not os.path.isfile(path):
         raise ConfigFileError(f"config file {path!r} not found (expected path/to/config.py[:args])")
     name = "medclm_config_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:  # IndentationError included
+        raise ConfigFileError(f"config file {path!r}, line {e.lineno}: {e.msg}; fix the Python syntax there "
+                              f"({(e.text or '').strip()[:80]!r})") from None
     if not hasattr(module, "get_config"):
         raise ConfigFileError(f"config file {path!r} defines no get_config(arg)")
     config = module.get_config(arg or None)

@@ -14,4 +14,7 @@ def get_config(arg=None):
     config.adapter.image_ext = ".dcm"
     config.adapter.modality = "xray"
     config.adapter.options.negatives = "auto"  # auto | normal_only | all | none (Target 0 images)
+    # The challenge's DICOMs are de-identified Secondary Capture objects without a BurnedInAnnotation tag: the
+    # default (reject unflagged Secondary Captures) would drop every image. Set "reject" for your own exports.
+    config.image.secondary_capture = "allow"
     return apply_arg(config, arg)

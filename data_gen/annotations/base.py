@@ -19,11 +19,21 @@ Rules shared by all adapters (tested in tests/data_gen/test_annotations.py):
     box from another leaves the image rejected ('no_valid_annotations'), not negative.
   * The same image key seen again with a different path rejects the later one (`kind='image'`,
     `reason='duplicate_image_id'`): two files claiming one id would otherwise leak across splits.
+  * Image paths named by annotation files stay inside the dataset: resolved (symbolic links followed), they must
+    lie under `adapter.root` or the adapter's configured image folder, else the image is rejected
+    (`reason='outside_root'`, `data_gen.paths.PathGuard`); later rows of that image are rejected as
+    `image_rejected`.
+  * A row repeated exactly (same image, reader, class and box) never becomes a second lesion:
+    `options.duplicates='merge'` (default) absorbs it into the first (counted in `merged_boxes` and
+    `duplicate_rows`), `'reject'` rejects it (`reason='duplicate_row'`).
+  * Image files in the image folders that no row names are counted (`unannotated_images`), not read.
 
 Stats keys (all adapters): `rows` annotation rows (or JSON annotations) read; `rows_rejected` rows that ended in
 a reject; `no_finding_rows` "No finding" rows of kept images (`no_finding_overruled`: positive images that some
-reader called normal); `merged_boxes` reader boxes absorbed into another box by IoU merging; `lesions`, `images`,
-`negative_images` in the result; `reject:<reason>`; `unknown_class:<name>`. For every adapter `rows == lesions + merged_boxes + no_finding_rows + rows_rejected`.
+reader called normal); `merged_boxes` reader boxes absorbed into another box (IoU merging, exact duplicates);
+`duplicate_rows` rows repeated exactly (merged or rejected); `unannotated_images` image files no row names (where
+the adapter has image folders to list); `lesions`, `images`, `negative_images` in the result; `reject:<reason>`;
+`unknown_class:<name>`. For every adapter `rows == lesions + merged_boxes + no_finding_rows + rows_rejected`.
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
-from data_gen.errors import ConfigError
+from data_gen.errors import ConfigError, InputError
+from data_gen.paths import PathGuard
 from data_gen.types import NO_FINDING, ImageItem, LesionAnnotation, Reject
 from medclm_jax.config_file import check_keys
 
@@ -72,8 +83,12 @@ def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-# Every adapter reads `options.class_map` (raw class name -> canonical class; see `classes.class_map`).
-COMMON_OPTIONS = ("class_map",)
+# Every adapter reads `options.class_map` (raw class name -> canonical class; see `classes.class_map`) and
+# `options.duplicates` (what to do with a row repeated exactly; see the module docstring).
+COMMON_OPTIONS = ("class_map", "duplicates")
+DUPLICATE_MODES = ("merge", "reject")
+# File name endings counted as images by `Collector.count_unannotated` when the adapter has no single extension.
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz")
 
 
 def options(cfg: Any, known: Sequence[str]) -> Mapping[str, Any]:
@@ -85,6 +100,15 @@ def options(cfg: Any, known: Sequence[str]) -> Mapping[str, Any]:
     opts = cfg_get(cfg, "options", {}) or {}
     check_keys(opts, tuple(known) + COMMON_OPTIONS, "adapter.options")
     return opts
+
+
+def duplicates_mode(opts: Mapping[str, Any]) -> str:
+    """`options.duplicates`, checked: 'merge' (default) or 'reject'."""
+    mode = str(opts.get("duplicates") or "merge")
+    if mode not in DUPLICATE_MODES:
+        raise ConfigError(f"adapter.options.duplicates: unknown value {mode!r}; expected one of "
+                          f"{list(DUPLICATE_MODES)}")
+    return mode
 
 
 def as_dict(value: Any) -> dict:
@@ -202,15 +226,24 @@ class Collector:
     """Builds items image by image while counting every row.
 
     Args:
-      root: the dataset root (row references are relative to it).
+      root: the dataset root (row references are relative to it; image paths must stay under it).
+      folders: more folders image paths may lie in (the adapter's configured image folder, which the user may
+        have put elsewhere); config keys, never paths read from annotation files.
+      duplicates: 'merge' or 'reject' for rows repeated exactly (`duplicates_mode`).
     """
 
-    def __init__(self, root: str = ""):
+    def __init__(self, root: str = "", *, folders: Sequence[Optional[str]] = (), duplicates: str = "merge"):
         self.root = root
+        self.guard = PathGuard((root, *folders), what="adapter.root" + (" or the adapter's image folder"
+                                                                        if any(folders) else ""))
+        self.duplicates = duplicates
         self.stats: collections.Counter = collections.Counter()
         self.rejects: list[Reject] = []
+        self.referenced: set[str] = set()  # normalized paths of images some row names (inside the dataset)
         self._items: dict[str, ImageItem] = {}
         self._item_rows: dict[str, str] = {}
+        self._refused: dict[str, str] = {}  # image key -> the row where its path was refused
+        self._box_rows: dict[str, dict[tuple, str]] = {}  # image key -> (reader, class, box) -> first row
         self._no_finding: collections.Counter = collections.Counter()  # image key -> its "No finding" rows
         self._claims: set[str] = set()  # images for which some row names a finding (valid box or not)
 
@@ -226,17 +259,27 @@ class Collector:
 
     # -- items --------------------------------------------------------------------------------------------------
     def item(self, image_key: str, path: str, where: str, rows: int = 1, **fields: Any) -> Optional[ImageItem]:
-        """The item of `image_key`, created on first sight with `fields`; None (and a reject) for a duplicate id.
+        """The item of `image_key`, created on first sight with `fields`; None (and a reject) for a duplicate id,
+        a path outside the dataset (`outside_root`), or a later row of an image refused for its path
+        (`image_rejected`).
 
         Args:
           image_key: the dataset's image id.
           path: the image file; the same key with a *different* path is a duplicate id.
           where: the row reference, for the reject.
-          rows: annotation rows lost if this is a duplicate.
+          rows: annotation rows lost if this is rejected.
           **fields: ImageItem fields for a new item (source, patient_key, modality, ...).
         """
         existing = self._items.get(image_key)
         if existing is None:
+            if image_key in self._refused:
+                self.reject("row", where, "image_rejected",
+                            f"the image of this row was rejected at {self._refused[image_key]}", rows=rows)
+                return None
+            if not self.inside(path, where, rows=rows):
+                self._refused[image_key] = where
+                return None
+            self.referenced.add(os.path.normpath(path))
             item = ImageItem(path=path, image_key=image_key, **fields)
             self._items[image_key] = item
             self._item_rows[image_key] = where
@@ -248,18 +291,71 @@ class Collector:
             return None
         return existing
 
+    def inside(self, path: str, where: str, rows: int = 0, field: str = "") -> bool:
+        """True when `path` resolves under the dataset's folders; else False and an `outside_root` reject."""
+        try:
+            self.guard.check(path, field=field)
+        except InputError as e:
+            self.reject("image", where, e.reason, str(e), rows=rows)
+            return False
+        return True
+
+    def refused(self, image_key: str) -> Optional[str]:
+        """The row where this image's path was refused (`outside_root`), or None."""
+        return self._refused.get(image_key)
+
+    def count_unannotated(self, folders: Sequence[str], suffixes: Sequence[str]) -> int:
+        """Counts the files in `folders` (not recursive) ending in one of `suffixes` that no row named.
+
+        Adds the count to `stats['unannotated_images']` (present even when zero) and returns it. A folder that
+        does not exist is skipped.
+
+        Raises:
+          InputError(reason='unreadable_folder'): a folder that cannot be listed (permissions, a symbolic link
+            loop), naming it.
+        """
+        suffixes = tuple(s.lower() for s in suffixes)
+        n = 0
+        for folder in dict.fromkeys(folders):
+            try:
+                with os.scandir(folder) as entries:
+                    names = [(e.name, e.path) for e in entries]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:
+                raise InputError(f"cannot list this image folder ({e.strerror or e}; a symbolic link loop?); fix "
+                                 "the folder or point the adapter's image_dir elsewhere", path=folder,
+                                 reason="unreadable_folder") from None
+            for name, path in names:
+                if name.lower().endswith(suffixes) and os.path.normpath(path) not in self.referenced:
+                    n += 1
+        self.stats["unannotated_images"] += n
+        return n
+
     def add_lesion(self, item: ImageItem, box: tuple[float, float, float, float], raw_label: str,
                    class_map: ClassMap, where: str, reader: Optional[str] = None,
                    label: Optional[str] = None, known: bool = True) -> bool:
         """Validates one box and attaches it to `item`; False (and a lesion reject) for a bad box.
 
-        The class is `class_map.lookup(raw_label)`, unless the caller already resolved it (`label`, `known`).
+        The class is `class_map.lookup(raw_label)`, unless the caller already resolved it (`label`, `known`). A
+        row that repeats an earlier row of this image exactly (reader, class, box) is merged or rejected
+        (`self.duplicates`) and returns False.
         """
         self.claim(item.image_key)
         problem = box_problem(box)
         if problem is not None:
             self.reject("lesion", where, problem, f"box x1,y1,x2,y2 = {', '.join(f'{v:g}' for v in box)}")
             return False
+        signature = (reader, normalize_label(raw_label), label, tuple(float(v) for v in box))
+        seen = self._box_rows.setdefault(item.image_key, {})
+        if signature in seen:
+            self.stats["duplicate_rows"] += 1
+            if self.duplicates == "reject":
+                self.reject("row", where, "duplicate_row", f"repeats {seen[signature]} (same reader, class and box)")
+            else:
+                self.stats["merged_boxes"] += 1  # absorbed into the identical box of the earlier row
+            return False
+        seen[signature] = where
         if label is None:
             label, known = class_map.lookup(raw_label)
         if not known:
@@ -289,6 +385,7 @@ class Collector:
         """Forgets an item that was rejected as a whole (the caller recorded the reject)."""
         self._items.pop(image_key, None)
         self._no_finding.pop(image_key, None)
+        self._box_rows.pop(image_key, None)
 
     def items(self) -> list[ImageItem]:
         return list(self._items.values())
@@ -312,7 +409,7 @@ class Collector:
                             "every finding row of this image was rejected", rows=swallowed)
                 continue
             out.append(item)
-        for key in ("rows", "rows_rejected", "no_finding_rows", "merged_boxes"):
+        for key in ("rows", "rows_rejected", "no_finding_rows", "merged_boxes", "duplicate_rows"):
             self.stats[key] += 0  # present even when zero, so the accounting identity can be checked
         self.stats["images"] = len(out)
         self.stats["negative_images"] = sum(item.negative for item in out)

@@ -10,7 +10,10 @@ Per annotation: an unknown `image_id` or `category_id` rejects the row ('unknown
 `iscrowd=1` regions are not single lesions and are rejected ('crowd_annotation'). Images without any annotation
 become negative items (`options.empty_images='negative'`, the default) or are rejected ('skip'). COCO has no
 patient notion: the patient key is the image's `patient_id` (or `patient`) field when present, else the image id
-(then images of one patient may land in different splits: add patient ids when you have them).
+(then images of one patient may land in different splits: add patient ids when you have them). An image `id` that
+is not an integer or a string rejects the image entry ('bad_id'); an annotation of an image rejected for its path
+('outside_root') is rejected as 'image_rejected'. Unannotated image files are counted in the folders that hold
+the listed images.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import os
 from typing import Any
 
 from data_gen.annotations import classes
-from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, options, parse_fields, require_root,
-                                       resolve, row_ref)
+from data_gen.annotations.base import (IMAGE_SUFFIXES, AnnotationSet, Collector, cfg_get, duplicates_mode, options,
+                                       parse_fields, require_root, resolve, row_ref)
 from data_gen.annotations.tables import read_json
 from data_gen.errors import ConfigError, InputError
 
@@ -35,7 +38,8 @@ def load(cfg: Any) -> AnnotationSet:
     opts = options(cfg, OPTIONS)
     empty_images = str(opts.get("empty_images", "negative"))
     if empty_images not in ("negative", "skip"):
-        raise ConfigError(f"adapter.options.empty_images must be 'negative' or 'skip', got {empty_images!r}")
+        raise ConfigError(f"adapter.options.empty_images: unknown value {empty_images!r}; expected one of "
+                          "['negative', 'skip']")
     json_path = resolve(root, cfg_get(cfg, "json", "annotations.json"))
     image_dir = resolve(root, cfg_get(cfg, "image_dir", "images"))
     mask_dir = cfg_get(cfg, "mask_dir")
@@ -58,12 +62,16 @@ def load(cfg: Any) -> AnnotationSet:
         if isinstance(c, dict) and "id" in c and "name" in c:
             categories[c["id"]] = str(c["name"])
 
-    col = Collector(root)
+    col = Collector(root, folders=(image_dir,), duplicates=duplicates_mode(opts))
     items = {}  # COCO image id -> item (the first entry of a duplicated id)
     for i, img in enumerate(data["images"]):
         where = row_ref(json_path, root, f"images[{i}]")
         if not isinstance(img, dict) or "id" not in img or not img.get("file_name"):
             col.reject("image", where, "missing_field", "an image entry needs 'id' and 'file_name'", rows=0)
+            continue
+        if _key(img["id"]) is None:
+            col.reject("image", where, "bad_id", f"'id' must be an integer or a string, got {type(img['id']).__name__}"
+                                                 f" {str(img['id'])[:40]}", rows=0)
             continue
         key = str(img["id"])
         patient = img.get("patient_id", img.get("patient"))
@@ -87,7 +95,12 @@ def load(cfg: Any) -> AnnotationSet:
             continue
         item = items.get(_key(ann.get("image_id")))
         if item is None:
-            col.reject("row", where, "unknown_image", f"image_id {ann.get('image_id')!r} is not in 'images'")
+            refused = col.refused(str(ann.get("image_id"))) if _key(ann.get("image_id")) is not None else None
+            if refused:
+                col.reject("row", where, "image_rejected", f"the image of this annotation was rejected at {refused}")
+            else:
+                col.reject("row", where, "unknown_image",
+                           f"image_id {str(ann.get('image_id'))[:40]} is not in 'images'")
             continue
         annotated.add(item.image_key)
         col.claim(item.image_key)
@@ -120,6 +133,7 @@ def load(cfg: Any) -> AnnotationSet:
             col.reject("image", row_ref(json_path, root, f"images[id={item.image_key}]"), "no_annotations",
                        "adapter.options.empty_images='skip'", rows=0)
             col.drop(item.image_key)
+    col.count_unannotated([image_dir] + sorted({os.path.dirname(p) for p in col.referenced}), IMAGE_SUFFIXES)
     return col.finish()
 
 

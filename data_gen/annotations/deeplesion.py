@@ -12,6 +12,7 @@ means not annotated: kept as "lesion" and counted in stats['coarse_type_unknown'
 official split) and `Possibly_noisy` are kept in `item.extra` (the patient-level split of the build is our own).
 Rows of the same key slice become one item with several lesions. With `class_column` set and present in the CSV
 (the phantom's), a non-empty value there names the class directly (open vocabulary) instead of the type map.
+`unannotated_images` is not counted: the slices around each key slice are its context, not unannotated images.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import os
 from typing import Any, Mapping, Optional
 
 from data_gen.annotations import classes
-from data_gen.annotations.base import (AnnotationSet, ClassMap, Collector, cfg_get, options, parse_number,
-                                       parse_number_list, require_root, resolve, row_ref)
+from data_gen.annotations.base import (AnnotationSet, ClassMap, Collector, cfg_get, duplicates_mode, options,
+                                       parse_number, parse_number_list, require_root, resolve, row_ref)
 from data_gen.annotations.tables import read_csv
 
 OPTIONS = ("type_map",)  # adapter.options this adapter reads (besides base.COMMON_OPTIONS)
@@ -46,7 +47,7 @@ def split_file_name(file_name: str) -> tuple[str, int]:
 def parse_dl_info(csv_path: str, *, root: str, image_dir: str, type_map: Mapping[str, str],
                   source: str = "deeplesion", modality: Optional[str] = "ct", mask_dir: Optional[str] = None,
                   class_column: Optional[str] = None, class_map: Optional[ClassMap] = None,
-                  adapter: str = "deeplesion") -> AnnotationSet:
+                  adapter: str = "deeplesion", duplicates: str = "merge") -> AnnotationSet:
     """Parses a DeepLesion-style DL_info.csv (also the phantom's CT part).
 
     Args:
@@ -59,11 +60,12 @@ def parse_dl_info(csv_path: str, *, root: str, image_dir: str, type_map: Mapping
       class_column: a column that, when present and non-empty, names the class (overrides the type).
       class_map: canonical names for `class_column` values (open vocabulary when None).
       adapter: name used in messages.
+      duplicates: rows repeated exactly: 'merge' or 'reject' (`base.duplicates_mode`).
     """
     table = read_csv(csv_path, adapter=adapter, required=REQUIRED, expected_header=EXPECTED_HEADER)
     use_class_column = bool(class_column) and table.has(class_column)
     class_map = class_map or ClassMap(open_vocab=True)
-    col = Collector(root)
+    col = Collector(root, folders=(image_dir,), duplicates=duplicates)
     columns = REQUIRED + OPTIONAL + ((class_column,) if use_class_column else ())
     for line, row in table.records(columns):
         where = row_ref(csv_path, root, line)
@@ -121,7 +123,7 @@ def parse_dl_info(csv_path: str, *, root: str, image_dir: str, type_map: Mapping
 def load(cfg: Any) -> AnnotationSet:
     """The `deeplesion` adapter: `cfg` is the build config's `adapter` section."""
     root = require_root(cfg, "deeplesion")
-    options(cfg, OPTIONS)
+    opts = options(cfg, OPTIONS)
     return parse_dl_info(
         resolve(root, cfg_get(cfg, "csv", "DL_info.csv")),
         root=root,
@@ -131,4 +133,5 @@ def load(cfg: Any) -> AnnotationSet:
         modality=cfg_get(cfg, "modality", "ct"),
         class_column=cfg_get(cfg, "class_column"),
         class_map=classes.class_map({}, cfg, open_vocab=True),
+        duplicates=duplicates_mode(opts),
     )

@@ -7,6 +7,7 @@ value is identifying: it only feeds the salted split hash and is never written t
 
 from __future__ import annotations
 
+from data_gen.paths import DEFAULT_MAX_FILE_MB, max_bytes, regular_file
 from data_gen.types import ImageItem
 
 
@@ -18,8 +19,10 @@ def patient_keys_from_dicom(items: list[ImageItem], stats: dict[str, int]) -> No
     """
     import pydicom
 
+    limit = max_bytes(DEFAULT_MAX_FILE_MB)
     for item in items:
         try:
+            regular_file(item.path, limit)  # a FIFO or device would block the read forever
             ds = pydicom.dcmread(item.path, stop_before_pixels=True, specific_tags=["PatientID"])
         except Exception:  # noqa: BLE001 - any unreadable file is the reader's to reject, with its reason
             stats["patient_key_unreadable"] = stats.get("patient_key_unreadable", 0) + 1

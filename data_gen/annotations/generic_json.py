@@ -11,15 +11,18 @@ or whose only class is "No finding", is a negative image. The image key is `imag
 `image_path` as written; the patient key is `patient_id` when given, else the image key (the authors' format has
 no patient field: add one so that patient-level splits mean something). The same key listed twice with the same
 path merges the entries' boxes; with a different path the later entry is rejected ('duplicate_image_id').
+`image_path` and `anatomy_path` must resolve (symbolic links followed) under adapter.root, else the entry is
+rejected ('outside_root'). Unannotated image files are counted in the folders that hold the listed images.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from data_gen.annotations import classes
-from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, is_no_finding, options,
-                                       parse_fields, require_root, resolve, row_ref)
+from data_gen.annotations.base import (IMAGE_SUFFIXES, AnnotationSet, Collector, cfg_get, duplicates_mode,
+                                       is_no_finding, options, parse_fields, require_root, resolve, row_ref)
 from data_gen.annotations.tables import read_json
 from data_gen.errors import InputError
 
@@ -31,7 +34,7 @@ EXPECTED = ('a list of {"image_path", "anatomy_path", "annotations": [{"bbox": [
 def load(cfg: Any) -> AnnotationSet:
     """The `generic_json` adapter: `cfg` is the build config's `adapter` section."""
     root = require_root(cfg, "generic_json")
-    options(cfg, OPTIONS)
+    opts = options(cfg, OPTIONS)
     json_path = resolve(root, cfg_get(cfg, "json", "annotations.json"))
     modality = cfg_get(cfg, "modality")
     source = cfg_get(cfg, "source", "generic_json")
@@ -41,7 +44,7 @@ def load(cfg: Any) -> AnnotationSet:
     if not isinstance(data, list):
         raise InputError(f"the top level is a {type(data).__name__}, not a list; expected {EXPECTED}",
                          path=json_path, reason="bad_structure")
-    col = Collector(root)
+    col = Collector(root, duplicates=duplicates_mode(opts))
     for i, entry in enumerate(data):
         where = row_ref(json_path, root, f"[{i}]")
         anns = entry.get("annotations") if isinstance(entry, dict) else None
@@ -54,6 +57,8 @@ def load(cfg: Any) -> AnnotationSet:
         image_path = str(entry["image_path"])
         key = str(entry.get("image_id") or image_path)
         anatomy = entry.get("anatomy_path")
+        if anatomy and not col.inside(resolve(root, str(anatomy)), where, rows=n_rows, field="anatomy_path"):
+            continue
         item = col.item(key, resolve(root, image_path), where, rows=n_rows, source=source,
                         patient_key=str(entry.get("patient_id") or key), study_key=str(entry.get("study_id") or ""),
                         modality=entry.get("modality") or modality,
@@ -83,5 +88,6 @@ def load(cfg: Any) -> AnnotationSet:
                 col.reject("row", a_where, "bad_number", str(e))
                 continue
             col.add_lesion(item, box, raw, class_map, a_where)
+    col.count_unannotated(sorted({os.path.dirname(p) for p in col.referenced}), IMAGE_SUFFIXES)
     return col.finish()
 

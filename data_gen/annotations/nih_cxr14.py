@@ -24,11 +24,10 @@ import os
 from typing import Any, Callable, Optional
 
 from data_gen.annotations import classes
-from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, options, parse_fields, parse_number,
-                                       require_root,
-                                       resolve, row_ref)
+from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, duplicates_mode, options, parse_fields,
+                                       parse_number, require_root, resolve, row_ref)
 from data_gen.annotations.tables import CsvTable, read_csv
-from data_gen.errors import InputError
+from data_gen.errors import ConfigError, InputError
 
 OPTIONS = ("png_size", "include_no_finding")  # adapter.options this adapter reads (besides base.COMMON_OPTIONS)
 EXPECTED_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h]"
@@ -48,16 +47,29 @@ def _bbox_columns(table: CsvTable) -> list[int]:
                      field="Bbox [x,y,w,h]", reason="missing_column")
 
 
-def _image_locator(root: str, image_dir: str) -> Callable[[str], str]:
-    """Image Index -> path: `image_dir/<name>`, or the release's `images_*/images/<name>` split folders."""
+def _image_locator(root: str, image_dir: str) -> tuple[Callable[[str], str], list[str]]:
+    """(Image Index -> path, the image folders): `image_dir/<name>`, or the release's `images_*/images/<name>` split
+    folders.
+
+    Raises:
+      InputError(reason='unreadable_folder'): a split folder that cannot be listed (a symbolic link loop, no
+        permission), naming it.
+    """
     if not os.path.isdir(image_dir):
         found = {}
-        for folder in sorted(glob.glob(os.path.join(glob.escape(root), "images_*", "images"))):
-            for entry in os.scandir(folder):
-                found.setdefault(entry.name, entry.path)
+        folders = sorted(glob.glob(os.path.join(glob.escape(root), "images_*", "images")))
+        for folder in folders:
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        found.setdefault(entry.name, entry.path)
+            except OSError as e:
+                raise InputError(f"cannot list this image folder ({e.strerror or e}; a symbolic link loop?); fix it "
+                                 "or set adapter.image_dir to the folder of the PNGs", path=folder,
+                                 reason="unreadable_folder") from None
         if found:
-            return lambda name: found.get(name, os.path.join(image_dir, name))
-    return lambda name: os.path.join(image_dir, name)
+            return (lambda name: found.get(name, os.path.join(image_dir, name))), folders
+    return (lambda name: os.path.join(image_dir, name)), [image_dir]
 
 
 def _pair(table: CsvTable, prefix: str) -> Optional[tuple[int, int]]:
@@ -97,13 +109,17 @@ def load(cfg: Any) -> AnnotationSet:
     csv_path = resolve(root, cfg_get(cfg, "csv", "BBox_List_2017.csv"))
     entries_path = cfg_get(cfg, "entries_csv", "Data_Entry_2017.csv")
     entries_path = resolve(root, entries_path) if entries_path else None
-    entries = (_read_entries(entries_path, float(opts.get("png_size", 1024)))
+    png_size = opts.get("png_size", 1024)
+    if isinstance(png_size, bool) or not isinstance(png_size, (int, float)) or not png_size > 0:
+        raise ConfigError(f"adapter.options.png_size must be a number of pixels > 0, got {png_size!r}")
+    entries = (_read_entries(entries_path, float(png_size))
                if entries_path and os.path.isfile(entries_path) else {})
-    locate = _image_locator(root, resolve(root, cfg_get(cfg, "image_dir", "images")))
+    image_dir = resolve(root, cfg_get(cfg, "image_dir", "images"))
+    locate, image_folders = _image_locator(root, image_dir)
     class_map = classes.class_map(classes.NIH_CXR14, cfg)
     source, modality = cfg_get(cfg, "source", "nih_cxr14"), cfg_get(cfg, "modality", "xray")
 
-    col = Collector(root)
+    col = Collector(root, folders=(image_dir,), duplicates=duplicates_mode(opts))
     seen: set[str] = set()
 
     def new_item(name: str, where: str):
@@ -151,5 +167,6 @@ def load(cfg: Any) -> AnnotationSet:
                 if item is not None:
                     item.negative = True
                     col.count("no_finding_entries")
+    col.count_unannotated(image_folders, (".png",))
     return col.finish()
 

@@ -23,10 +23,10 @@ import os
 from typing import Any
 
 from data_gen.annotations import classes
-from data_gen.annotations.base import AnnotationSet, ClassMap, as_dict, cfg_get, options, require_root
+from data_gen.annotations.base import AnnotationSet, ClassMap, as_dict, cfg_get, duplicates_mode, options, require_root
 from data_gen.annotations.deeplesion import parse_dl_info
 from data_gen.annotations.tables import read_json
-from data_gen.annotations.vindr_cxr import parse_vindr_csv
+from data_gen.annotations.vindr_cxr import parse_vindr_csv, patient_key_from_dicom
 from data_gen.errors import InputError
 
 OPTIONS = ("merge", "merge_iou", "patient_key", "type_map")  # adapter.options read (besides base.COMMON_OPTIONS)
@@ -60,7 +60,7 @@ def load(cfg: Any) -> AnnotationSet:
             image_ext=".dicom", class_map=ClassMap(table), merge=str(opts.get("merge", "iou")),
             merge_iou=float(opts.get("merge_iou", 0.5)), source="phantom_cxr", modality="xray",
             mask_dir=os.path.join(cxr_dir, "masks"), adapter="phantom",
-            patient_from_dicom=str(opts.get("patient_key", "dicom")) == "dicom")
+            patient_from_dicom=patient_key_from_dicom(opts, "dicom"), duplicates=duplicates_mode(opts))
     ct_dir = os.path.join(root, "ct")
     if os.path.isdir(ct_dir) or meta.get("n_ct", 1):
         type_map = dict(classes.PHANTOM_CT_TYPES)
@@ -70,5 +70,6 @@ def load(cfg: Any) -> AnnotationSet:
             os.path.join(ct_dir, "DL_info.csv"), root=root, image_dir=os.path.join(ct_dir, "Images_png"),
             type_map={k: " ".join(v.split()).lower() for k, v in type_map.items()}, source="phantom_ct",
             modality="ct", mask_dir=os.path.join(ct_dir, "masks"),
-            class_column=cfg_get(cfg, "class_column", meta.get("ct_class_column", "Phantom_class")), adapter="phantom")
+            class_column=cfg_get(cfg, "class_column", meta.get("ct_class_column", "Phantom_class")), adapter="phantom",
+            duplicates=duplicates_mode(opts))
     return out

@@ -22,8 +22,8 @@ import os
 from typing import Any
 
 from data_gen.annotations import classes
-from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, options, parse_fields, require_root,
-                                       resolve, row_ref)
+from data_gen.annotations.base import (AnnotationSet, Collector, cfg_get, duplicates_mode, options, parse_fields,
+                                       require_root, resolve, row_ref)
 from data_gen.annotations.tables import read_csv
 from data_gen.errors import ConfigError
 
@@ -57,7 +57,7 @@ def load(cfg: Any) -> AnnotationSet:
     source, modality = cfg_get(cfg, "source", "rsna"), cfg_get(cfg, "modality", "xray")
 
     table = read_csv(csv_path, adapter="rsna", required=REQUIRED, expected_header=EXPECTED_HEADER)
-    col = Collector(root)
+    col = Collector(root, folders=(image_dir,), duplicates=duplicates_mode(opts))
     negative_rows: dict[str, list[str]] = {}
     for line, row in table.records(REQUIRED):
         where = row_ref(csv_path, root, line)
@@ -106,4 +106,5 @@ def load(cfg: Any) -> AnnotationSet:
                 col.mark_no_finding(pid)
             continue
         col.drop(pid)
+    col.count_unannotated([image_dir], (image_ext,))
     return col.finish()

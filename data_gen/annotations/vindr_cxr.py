@@ -18,8 +18,8 @@ import os
 from typing import Any, Optional
 
 from data_gen.annotations import classes
-from data_gen.annotations.base import (AnnotationSet, ClassMap, Collector, cfg_get, is_no_finding, options,
-                                       parse_fields, require_root, resolve, row_ref)
+from data_gen.annotations.base import (AnnotationSet, ClassMap, Collector, cfg_get, duplicates_mode, is_no_finding,
+                                       options, parse_fields, require_root, resolve, row_ref)
 from data_gen.annotations.merge import merge_reader_boxes
 from data_gen.annotations.tables import read_csv
 from data_gen.errors import ConfigError
@@ -29,12 +29,22 @@ REQUIRED = ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 MERGE_MODES = ("iou", "none")
 OPTIONS = ("merge", "merge_iou", "patient_key")  # adapter.options read (besides base.COMMON_OPTIONS)
+PATIENT_KEYS = ("image_id", "dicom")
+
+
+def patient_key_from_dicom(opts: Any, default: str) -> bool:
+    """`options.patient_key`, checked: True for 'dicom' (PatientID of each header), False for 'image_id'."""
+    mode = str(opts.get("patient_key") or default)
+    if mode not in PATIENT_KEYS:
+        raise ConfigError(f"adapter.options.patient_key: unknown value {mode!r}; expected one of {list(PATIENT_KEYS)}")
+    return mode == "dicom"
 
 
 def parse_vindr_csv(csv_path: str, *, root: str, image_dir: str, image_ext: str, class_map: ClassMap,
                     merge: str = "iou", merge_iou: float = 0.5, source: str = "vindr_cxr",
                     modality: Optional[str] = "xray", mask_dir: Optional[str] = None,
-                    adapter: str = "vindr_cxr", patient_from_dicom: bool = False) -> AnnotationSet:
+                    adapter: str = "vindr_cxr", patient_from_dicom: bool = False,
+                    duplicates: str = "merge") -> AnnotationSet:
     """Parses a VinDr-style CSV (also the phantom's CXR part).
 
     Args:
@@ -50,14 +60,17 @@ def parse_vindr_csv(csv_path: str, *, root: str, image_dir: str, image_ext: str,
       adapter: name used in messages.
       patient_from_dicom: take the patient key from each DICOM's PatientID (several studies per patient)
         instead of the image id.
+      duplicates: rows repeated exactly: 'merge' or 'reject' (`base.duplicates_mode`).
 
     Returns:
       the AnnotationSet (see `base.py` for the stats keys).
     """
     if merge not in MERGE_MODES:
-        raise ConfigError(f"adapter.options.merge must be one of {MERGE_MODES}, got {merge!r}")
+        raise ConfigError(f"adapter.options.merge: unknown value {merge!r}; expected one of {list(MERGE_MODES)}")
+    if merge == "iou" and not 0.0 < merge_iou <= 1.0:
+        raise ConfigError(f"adapter.options.merge_iou must be in (0, 1] (an IoU), got {merge_iou}")
     table = read_csv(csv_path, adapter=adapter, required=REQUIRED, expected_header=EXPECTED_HEADER)
-    col = Collector(root)
+    col = Collector(root, folders=(image_dir,), duplicates=duplicates)
     columns = ("image_id", "rad_id", "class_name") + BOX_COLUMNS
     for line, row in table.records(columns):
         where = row_ref(csv_path, root, line)
@@ -94,6 +107,7 @@ def parse_vindr_csv(csv_path: str, *, root: str, image_dir: str, image_ext: str,
             continue
         col.add_lesion(item, box, raw, class_map, where, reader=reader)
 
+    col.count_unannotated([image_dir], (image_ext,))
     if merge == "iou":
         for item in col.items():
             if len(item.lesions) > 1:
@@ -122,5 +136,6 @@ def load(cfg: Any) -> AnnotationSet:
         source=cfg_get(cfg, "source", "vindr_cxr"),
         modality=cfg_get(cfg, "modality", "xray"),
         mask_dir=resolve(root, cfg_get(cfg, "mask_dir")) if cfg_get(cfg, "mask_dir") else None,
-        patient_from_dicom=str(opts.get("patient_key", "image_id")) == "dicom",
+        patient_from_dicom=patient_key_from_dicom(opts, "image_id"),
+        duplicates=duplicates_mode(opts),
     )

@@ -6,6 +6,10 @@ so that high attenuation is always bright). CT is windowed on HU with the config
 of the file (`image.ct_window`, where `auto` uses the dataset's or the file's own window). Enhanced multi-frame
 objects keep rescale, window and spacing in functional groups; those are read for the selected frame.
 
+Before any pixel is decoded, images that may show patient names or dates in their pixels are refused
+(`check_burned_in`: Burned In Annotation YES, or a Secondary Capture without that tag), unless the config allows
+them (`image.burned_in_annotation`, `image.secondary_capture`).
+
 Laterality convention (`LoadedImage.col_direction` = patient direction of increasing column):
   * Patient Orientation (0020,0020), first value = the row direction: its first letter `L` or `R` is used.
   * else Image Orientation (Patient) (0020,0037) (cross-sectional images, LPS): the row cosine's x component
@@ -42,6 +46,16 @@ _DECODER_PACKAGES = (
 )
 _INSTALL_HINT = "pip install 'medclm-jax[dicom-codecs]'"
 
+# Secondary Capture Image Storage and its multi-frame variants (PS3.4 B.5): screenshots, digitized films and
+# converted exports, where text drawn into the pixels is common.
+SECONDARY_CAPTURE_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
+})
+
 
 def is_dicom_magic(head: bytes) -> bool:
     """True when the first bytes hold the DICOM Part 10 preamble signature (`DICM` at offset 128)."""
@@ -71,7 +85,7 @@ def read_dataset(path: str, *, magic: bool) -> Dataset:
         raise InputError("not a DICOM file (no 'DICM' signature at byte 128 and no image elements parsed)",
                          path=path, reason="not_dicom")
     if not _has_pixels(ds):
-        sop = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", ""))
+        sop = sop_class(ds)
         name = UID(sop).name if sop else ""
         if len(ds) == 0 or "Rows" in ds or "Image" in name:
             raise InputError("the file ends before its Pixel Data element (truncated download or copy?); "
@@ -79,6 +93,35 @@ def read_dataset(path: str, *, magic: bool) -> Dataset:
         raise InputError(f"DICOM object without pixel data (SOP class {name or sop or 'unknown'}); not an image",
                          path=path, reason="no_pixel_data")
     return ds
+
+
+def sop_class(ds: Dataset) -> str:
+    """The SOP Class UID of the data set, or of its file meta header when the data set lacks it ('' if neither)."""
+    meta = ds.get("file_meta", Dataset())
+    return str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "") or "")
+
+
+def check_burned_in(ds: Dataset, path: str, opts: ImageOptions) -> None:
+    """Refuse images that may show patient names or dates in their pixels (see `ImageOptions`).
+
+    Burned In Annotation (0028,0301) YES rejects unless `image.burned_in_annotation='allow'`; NO accepts; absent
+    (or another value) on a Secondary Capture image rejects unless `image.secondary_capture='allow'`.
+
+    Raises:
+      InputError: `burned_in_annotation` or `secondary_capture`, naming the tag and the key that allows it.
+    """
+    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if flag == "YES" and opts.burned_in_annotation != "allow":
+        raise InputError("Burned In Annotation is YES: the pixels carry text (names, dates) that tag-level "
+                         "de-identification leaves in place; scrub the pixels and set "
+                         "image.burned_in_annotation=allow, or leave the image out", path=path,
+                         field="BurnedInAnnotation", reason="burned_in_annotation")
+    if flag in ("YES", "NO"):
+        return
+    if sop_class(ds) in SECONDARY_CAPTURE_SOP_CLASSES and opts.secondary_capture != "allow":
+        raise InputError("a Secondary Capture image without a Burned In Annotation tag may show text (names, "
+                         "dates) in its pixels; check the dataset and set image.secondary_capture=allow if it is "
+                         "clean", path=path, field="SOPClassUID", reason="secondary_capture")
 
 
 def check_transfer_syntax(ds: Dataset, path: str) -> None:
@@ -255,10 +298,12 @@ def read_dicom(path: str, item: ImageItem, opts: ImageOptions, *, magic: bool = 
       for CT.
 
     Raises:
-      InputError: `not_dicom`, `truncated`, `no_pixel_data`, `unsupported_transfer_syntax`, `multi_frame`,
-        `slice_out_of_range`, `decode_failed`, `nan_pixels`, `constant_image`.
+      InputError: `not_dicom`, `truncated`, `no_pixel_data`, `burned_in_annotation`, `secondary_capture`,
+        `unsupported_transfer_syntax`, `multi_frame`, `slice_out_of_range`, `decode_failed`, `nan_pixels`,
+        `constant_image`.
     """
     ds = read_dataset(path, magic=magic)
+    check_burned_in(ds, path, opts)
     check_transfer_syntax(ds, path)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     index = item.slice_index

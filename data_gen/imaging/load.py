@@ -8,19 +8,22 @@ Format detection looks at the bytes first and the name second, because datasets 
   4. `.nii` / `.nii.gz` names or the NIfTI-1/2 magic: nibabel;
   5. anything else is parsed as a DICOM data set without preamble (old ACR-NEMA style exports), and rejected
      as `not_dicom` when that fails.
+Before any byte is read the file must be a regular file of at most `image.max_file_mb` (`data_gen.paths`): a
+FIFO or device (`not_a_file`) would block or never end, an absurd size (`too_large`) is a mistake.
 Resizing to `image.max_side` is not done here: the record writer does it, after linking on the original grid.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from data_gen.errors import InputError
 from data_gen.imaging.dicom import is_dicom_magic, read_dicom
 from data_gen.imaging.nifti import read_nifti
 from data_gen.imaging.raster import read_raster
 from data_gen.imaging.window import ImageOptions
+from data_gen.paths import DEFAULT_MAX_FILE_MB, max_bytes, regular_file
 from data_gen.types import ImageItem, LoadedImage
 
 _RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
@@ -34,15 +37,17 @@ def _is_nifti(path: str, head: bytes) -> bool:
     return head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] in (b"n+2\x00", b"ni2\x00")
 
 
-def detect_format(path: str) -> str:
+def detect_format(path: str, limit: Optional[int] = None) -> str:
     """`dicom`, `nifti`, `raster` or `dicom_nopreamble` (try a raw DICOM parse) for a file.
 
+    Args:
+      path: the file.
+      limit: the largest size in bytes to accept (None: `paths.DEFAULT_MAX_FILE_MB`).
+
     Raises:
-      InputError: `missing_file`, `truncated` (an empty file).
+      InputError: `missing_file`, `not_a_file`, `too_large`, `unreadable`, `truncated` (an empty file).
     """
-    if not os.path.exists(path):
-        raise InputError("file not found; check the dataset root and the adapter's paths", path=path,
-                         reason="missing_file")
+    regular_file(path, limit if limit is not None else max_bytes(DEFAULT_MAX_FILE_MB))
     with open(path, "rb") as f:
         head = f.read(352)
     if not head:
@@ -80,13 +85,14 @@ def load_image(item: ImageItem, cfg: Any = None) -> LoadedImage:
       LoadedImage on the original pixel grid: uint8 `[H, W]` or `[H, W, 3]`, `hu` float32 `[H, W]` for CT.
 
     Raises:
-      InputError: with a countable `reason` (`missing_file`, `not_dicom`, `truncated`, `unsupported_format`,
+      InputError: with a countable `reason` (`missing_file`, `not_a_file`, `too_large`, `not_dicom`, `truncated`,
+        `burned_in_annotation`, `secondary_capture`, `unsupported_format`,
         `unsupported_transfer_syntax`, `multi_frame`, `slice_out_of_range`, `nan_pixels`, `constant_image`,
         ...), naming the file.
     """
     opts = ImageOptions.from_config(cfg)
     path = resolve_path(item)
-    kind = detect_format(path)
+    kind = detect_format(path, max_bytes(opts.max_file_mb))
     if kind == "raster":
         return read_raster(path, item, opts)
     if kind == "nifti":

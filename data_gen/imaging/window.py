@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from data_gen.errors import ConfigError
+from data_gen.paths import DEFAULT_MAX_FILE_MB
 from medclm_jax.config_file import settings_from
 
 # (center, width) in HU.
@@ -92,7 +93,13 @@ def resolve_window(name: Union[str, Sequence[float]]) -> Window:
             raise ConfigError(
                 f"image.ct_window: unknown window {name!r}; expected one of {sorted(CT_WINDOWS)} or 'auto'"
             ) from None
-    c, w = (float(x) for x in name)
+    try:
+        c, w = (float(x) for x in name)
+    except (TypeError, ValueError):
+        raise ConfigError(f"image.ct_window: {name!r} is neither a preset ({', '.join(sorted(CT_WINDOWS))}, auto) "
+                          "nor a (center, width) pair in HU") from None
+    if not w > 0:
+        raise ConfigError(f"image.ct_window: width {w:g} in {name!r} must be > 0 HU (the pair is (center, width))")
     return (c, w)
 
 
@@ -139,6 +146,8 @@ def deeplesion_window(low_high: Sequence[float]) -> Window:
 
 
 _XRAY_VOI = ("auto", "percentile", "minmax")
+# What to do with DICOM images that may carry patient names or dates drawn into the pixels (see ImageOptions).
+BURNED_IN_POLICIES = ("reject", "allow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +161,22 @@ class ImageOptions:
         0.5-99.5 percentile stretch; `percentile` or `minmax`: always that stretch.
       max_side: long side of the stored image in pixels (aspect kept). The readers ignore it: the pipeline
         resizes after linking, which runs on the original grid.
+      max_file_mb: image files larger than this (MiB) are rejected unread (`too_large`); see `data_gen.paths`.
+      burned_in_annotation: a DICOM whose Burned In Annotation (0028,0301) is YES has text (names, dates) drawn
+        into its pixels, which no tag-level de-identification removes: `reject` (default; reason
+        `burned_in_annotation`) or `allow` (after your own pixel scrubbing).
+      secondary_capture: a Secondary Capture image (screenshots, scanned films, converted exports) without that
+        tag may carry such text too: `reject` (default; reason `secondary_capture`) or `allow` (for a dataset
+        known to be clean, e.g. RSNA Pneumonia, whose de-identified radiographs were stored as SC).
     """
 
     ct_window: Union[str, tuple[float, float]] = "lung"
     rgb_windows: Union[bool, tuple] = False
     xray_voi: str = "auto"
     max_side: int = 896
+    max_file_mb: float = DEFAULT_MAX_FILE_MB
+    burned_in_annotation: str = "reject"
+    secondary_capture: str = "reject"
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ImageOptions":
@@ -165,19 +184,20 @@ class ImageOptions:
 
         Raises:
           ConfigFileError: a key that is not a field (the message names the nearest) or a value of the wrong type.
-          ConfigError: an unknown window or VOI mode, or a bad `max_side`.
+          ConfigError: an unknown window, VOI mode or burned-in policy, or a bad `max_side` / `max_file_mb`;
+            the message names the key, the value and the valid choices.
         """
         if isinstance(cfg, ImageOptions):
             return cfg
         s = settings_from(cls, cfg, "image")
         ct_window = s.ct_window
         if not isinstance(ct_window, str):
-            ct_window = tuple(float(x) for x in ct_window)
-        if ct_window != "auto":
+            ct_window = resolve_window(ct_window)  # (center, width) as floats, width > 0
+        elif ct_window != "auto":
             resolve_window(ct_window)  # fail early on a typo
         rgb = s.rgb_windows
         if not isinstance(rgb, bool):
-            rgb = tuple(rgb)
+            rgb = tuple(rgb) if isinstance(rgb, (tuple, list)) else (rgb,)
             if len(rgb) != 3:
                 raise ConfigError(f"image.rgb_windows: expected True/False or three windows, got {rgb!r}")
             for w in rgb:
@@ -185,5 +205,11 @@ class ImageOptions:
         if s.xray_voi not in _XRAY_VOI:
             raise ConfigError(f"image.xray_voi: unknown value {s.xray_voi!r}; expected one of {list(_XRAY_VOI)}")
         if s.max_side < 1:
-            raise ConfigError(f"image.max_side must be >= 1, got {s.max_side}")
+            raise ConfigError(f"image.max_side must be >= 1 (pixels of the long side), got {s.max_side}")
+        if not s.max_file_mb > 0:
+            raise ConfigError(f"image.max_file_mb must be > 0 (MiB), got {s.max_file_mb}")
+        for key in ("burned_in_annotation", "secondary_capture"):
+            if getattr(s, key) not in BURNED_IN_POLICIES:
+                raise ConfigError(f"image.{key}: unknown value {getattr(s, key)!r}; expected one of "
+                                  f"{list(BURNED_IN_POLICIES)}")
         return dataclasses.replace(s, ct_window=ct_window, rgb_windows=rgb)

@@ -25,9 +25,10 @@ def run_shards(out_dir: str, specs: list[ShardSpec], cfg, class_vocab: dict[str,
         raise RuntimeError("the Beam runner needs Apache Beam: pip install 'medclm-jax[beam]'") from e
 
     from data_gen.pipeline import convert_image
-    from data_gen.runners.shards import finish_shard
+    from data_gen.runners.shards import finish_shard, source_roots
 
     by_name = {s.filename: s for s in specs}
+    roots = source_roots(cfg)
     cfg_json = cfg.to_json()
 
     class ConvertFn(beam.DoFn):
@@ -48,7 +49,7 @@ def run_shards(out_dir: str, specs: list[ShardSpec], cfg, class_vocab: dict[str,
     def write(kv):
         shard, results = kv
         ordered = [r for _, r in sorted(results, key=lambda pr: pr[0])]
-        finish_shard(out_dir, by_name[shard], ordered)
+        finish_shard(out_dir, by_name[shard], ordered, roots)
         return shard
 
     elements = [(s.filename, i, item) for s in specs for i, item in enumerate(s.items)]

@@ -1,10 +1,18 @@
 """The shard plan and the per-shard bookkeeping that both runners share.
 
 A build is a list of `ShardSpec`s (a split, a shard number and the images that go into it), planned
-deterministically from the adapter's items. A shard is finished when its `.tfrecord`, its `.index` and its
-`.summary.json` exist under their final names (each written to a temporary name and renamed), so a re-run skips
-finished shards and redoes only the rest. The summary holds the shard's counts and rejects, from which
-`dataset_info.json` and `rejects.jsonl` are assembled without reading the records again.
+deterministically from the adapter's items. A shard is finished when its `.tfrecord`, its `.index`, its
+`.summary.json` and its rejects under `diagnostics/` exist under their final names (each written to a temporary
+name and renamed, the summary last), so a re-run skips finished shards and redoes only the rest. The summary holds
+the shard's counts and reject reasons, from which `dataset_info.json` is assembled without reading the records
+again; the rejects themselves, which name source files, go to `diagnostics/` (docs/design.md, "The record").
+
+Resume compares fingerprints (`shard_fingerprints`): per shard, a hash of the config, of everything the adapter
+read about each image (annotation rows with their boxes and classes, keys, modality, ...) and of the identity of
+every input file the image's records derive from (the image, its masks): size and modification time in
+nanoseconds, which is what a re-export, a fixed file or a copy changes, read with one `stat` per file instead of
+every byte of a dataset of terabytes. An edit that keeps both (`touch -r`, some sync tools) goes unseen: rebuild
+with `--overwrite` then.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Iterable
+import stat
+from typing import Any, Iterable, Mapping, Sequence
 
 from data_gen import splits
 from data_gen.pipeline import ConvertResult
@@ -22,6 +31,8 @@ from data_gen.types import ImageItem
 from medclm_jax.records import encode_example, index_path, schema, write_shard
 
 SUMMARY_SUFFIX = ".summary.json"
+DIAGNOSTICS = "diagnostics"  # what names source files: kept apart from the dataset, never shared with it
+REJECTS_SUFFIX = ".rejects.jsonl"
 COUNT_KEYS = ("images_in", "images_written", "images_rejected", "lesions_in", "lesion_records", "lesions_rejected",
               "negative_records", "records")
 
@@ -83,22 +94,88 @@ def plan_shards(items: Iterable[ImageItem], cfg) -> list[ShardSpec]:
     return specs
 
 
-def build_fingerprint(cfg, specs: list[ShardSpec]) -> str:
-    """Hash of the config and the shard plan: a resumed build must be the same build."""
-    h = hashlib.sha256(cfg.to_json(sort_keys=True).encode())
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_digests(cfg) -> dict[str, str]:
+    """A digest per config key (dotted), salted, so a resume can name the keys that changed while the output
+    folder holds no config value (a root folder named after a patient) in a form anyone can read back."""
+    salt = str(cfg.salt)
+    flat = _flatten(json.loads(cfg.to_json(sort_keys=True)))
+    return {k: hashlib.sha256(f"{salt}\x1f{k}\x1f{json.dumps(v, sort_keys=True)}".encode()).hexdigest()[:16]
+            for k, v in sorted(flat.items()) if k != "salt"}
+
+
+def file_identity(path: str) -> str:
+    """`size:mtime_ns` of a file, or of every file under a folder (a series of slices); `missing` when absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    parts = []
+    for folder, subfolders, files in os.walk(path):
+        subfolders.sort()
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            parts.append(f"{os.path.relpath(full, path)}:{file_identity(full)}")
+    return "\x1e".join(parts)
+
+
+def shard_fingerprints(cfg, specs: list[ShardSpec]) -> dict[str, str]:
+    """{shard file name: hash of the config, the shard's images as the adapter read them and their input files}.
+
+    A shard whose fingerprint changed since the last build into the same folder is rebuilt (see the module
+    docstring for what is covered and why file identity is size + mtime).
+    """
+    from data_gen.segment.load import resolve_mask_ref
+
+    base = hashlib.sha256(json.dumps(config_digests(cfg), sort_keys=True).encode()).hexdigest()
+    out = {}
     for s in specs:
-        h.update(s.filename.encode())
+        h = hashlib.sha256(f"{base}\x1f{s.filename}".encode())
         for item in s.items:
-            h.update(f"{item.source}\x1f{item.image_key}\x1f{len(item.lesions)}\x1f{item.negative}"
-                     f"\x1f{item.extra.get('curriculum_pool', '')}".encode())
-    return h.hexdigest()[:24]
+            mask_ref = resolve_mask_ref(item, cfg.masks)
+            h.update(json.dumps(dataclasses.asdict(item), sort_keys=True, default=str).encode())
+            h.update(f"\x1f{file_identity(item.path)}\x1f{file_identity(mask_ref) if mask_ref else '-'}\x1e".encode())
+        out[s.filename] = h.hexdigest()[:32]
+    return out
+
+
+def shard_files(filename: str) -> list[str]:
+    """Every file a finished shard consists of, relative to the output folder (the summary, its marker, last)."""
+    return [os.path.join(DIAGNOSTICS, filename + REJECTS_SUFFIX), filename, index_path(filename),
+            filename + SUMMARY_SUFFIX]
 
 
 def is_finished(out_dir: str, spec: ShardSpec) -> bool:
-    base = os.path.join(out_dir, spec.filename)
-    return all(os.path.exists(p) for p in (base, index_path(base), base + SUMMARY_SUFFIX))
+    return all(os.path.exists(os.path.join(out_dir, p)) for p in shard_files(spec.filename))
 
 
+def source_roots(cfg) -> list[tuple[str, str]]:
+    """(folder, how the rejects name what is under it): the dataset root as relative paths, the masks root as
+    `masks.root/...`; each as configured and resolved through symlinks, longest first."""
+    roots = []
+    for folder, label in ((cfg.adapter.get("root"), ""), (cfg.masks.get("root"), "masks.root/")):
+        if folder:
+            folder = os.path.abspath(os.path.expanduser(str(folder)))
+            roots += [(folder, label), (os.path.realpath(folder), label)]
+    return sorted(set(roots), key=lambda r: -len(r[0]))
+
+
+def relative_to_roots(text: str, roots: Sequence[tuple[str, str]]) -> str:
+    """`text` with every path under a source root written relative to it (no absolute source path leaves)."""
+    for folder, label in roots:
+        text = text.replace(folder.rstrip(os.sep) + os.sep, label)
+    return text
 def _atomic_write_text(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -106,20 +183,31 @@ def _atomic_write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) -> dict[str, Any]:
-    """Writes the shard's records (in plan order), its index and its summary; returns the summary."""
+def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult],
+                 roots: Sequence[tuple[str, str]] = (), extra_stats: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Writes the shard's records (in plan order), its index, its rejects and its summary; returns the summary.
+
+    The summary is part of the dataset, so it holds only counts and reject reasons; the rejects, which name the
+    input files (relative to `roots`, see `source_roots`), go to `diagnostics/<shard>.rejects.jsonl`.
+    """
     payloads = []
     counts: collections.Counter = collections.Counter({k: 0 for k in COUNT_KEYS})
     per_domain: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     classes: collections.Counter = collections.Counter()
     organs: collections.Counter = collections.Counter()
     stats: collections.Counter = collections.Counter()
+    reasons: collections.Counter = collections.Counter()
     rejects = []
+    stats.update(extra_stats or {})  # the CoT-QA backend's own counters (images sent per host, requests, ...)
     for item, res in zip(spec.items, results):
         counts["images_in"] += 1
         counts["lesions_in"] += len(item.lesions)
         stats.update(res.stats)
-        rejects += [r.to_json() for r in res.rejects]
+        path = relative_to_roots(os.path.abspath(item.path), roots)
+        for r in res.rejects:
+            reasons[f"{r.kind}:{r.reason}"] += 1
+            rejects.append({"shard": spec.filename, "path": path,
+                            **{k: relative_to_roots(v, roots) for k, v in r.to_json().items()}})
         counts["lesions_rejected"] += sum(r.kind == "lesion" for r in res.rejects)
         if res.written:
             counts["images_written"] += 1
@@ -135,7 +223,9 @@ def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) ->
                 per_domain[ex[schema.DOMAIN]][stage] += 1
             classes[ex[schema.LESION_CLASS]] += 1
             organs[ex[schema.LESION_ORGAN]] += 1
-    path = os.path.join(out_dir, spec.filename)
+    os.makedirs(os.path.join(out_dir, DIAGNOSTICS), exist_ok=True)
+    _atomic_write_text(os.path.join(out_dir, DIAGNOSTICS, spec.filename + REJECTS_SUFFIX),
+                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
     write_shard(out_dir, spec.split, spec.index, spec.num_shards, payloads)
     summary = {
         "shard": spec.filename,
@@ -145,12 +235,17 @@ def finish_shard(out_dir: str, spec: ShardSpec, results: list[ConvertResult]) ->
         "classes": dict(classes),
         "organs": dict(organs),
         "stats": dict(stats),
-        "rejects": rejects,
+        "reject_reasons": dict(sorted(reasons.items())),
     }
-    _atomic_write_text(path + SUMMARY_SUFFIX, json.dumps(summary, sort_keys=True))
+    _atomic_write_text(os.path.join(out_dir, spec.filename + SUMMARY_SUFFIX), json.dumps(summary, sort_keys=True))
     return summary
 
 
 def load_summary(out_dir: str, spec: ShardSpec) -> dict[str, Any]:
     with open(os.path.join(out_dir, spec.filename + SUMMARY_SUFFIX)) as f:
         return json.load(f)
+
+
+def load_shard_rejects(out_dir: str, spec: ShardSpec) -> list[dict[str, Any]]:
+    with open(os.path.join(out_dir, DIAGNOSTICS, spec.filename + REJECTS_SUFFIX)) as f:
+        return [json.loads(line) for line in f if line.strip()]

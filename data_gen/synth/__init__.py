@@ -9,10 +9,14 @@ Usage (what `data_gen.pipeline` does):
     synthesizer = get_synthesizer(cfg.synth)
     qa = synthesizer.synthesize(SynthInput(seed=..., image_lesions=..., class_vocab=..., key=..., pixels=...))
     qa.easy.question, qa.easy.cot, qa.easy.answer, qa.backend
+
+Before the first image the build calls `preflight(cfg.synth)` (the llm endpoint is local unless allowed, and
+answers unless fallback is allowed; `endpoint.py`) and at the end reports `usage.summarize` / `usage.format_usage`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 from data_gen.synth.settings import LLMSettings, SynthSettings
@@ -47,6 +51,20 @@ def _llm(settings: SynthSettings) -> QASynthesizer:
 REGISTRY: dict[str, Callable[[SynthSettings], QASynthesizer]] = {"template": _template, "llm": _llm}
 
 
+def preflight(cfg: Any = None) -> list[str]:
+    """Checks the backend's endpoint before the first image (`endpoint.preflight`); returns lines to print.
+
+    Raises:
+      ConfigError: a bad setting, a remote endpoint not allowed, or an endpoint that does not answer (unless
+        `synth.llm.allow_fallback`).
+    """
+    from data_gen.synth.endpoint import preflight as check
+
+    settings = cfg if isinstance(cfg, SynthSettings) else SynthSettings.from_config(cfg)
+    key_env = settings.llm.api_key_env
+    return check(settings, api_key=os.environ.get(key_env, "") if key_env else "")
+
+
 def get_synthesizer(cfg: Any = None) -> QASynthesizer:
     """The backend named by `cfg.backend` ('template' when cfg is None or has no backend).
 
@@ -61,4 +79,4 @@ def get_synthesizer(cfg: Any = None) -> QASynthesizer:
     return REGISTRY[settings.backend](settings)
 
 
-__all__ = ["QASynthesizer", "get_synthesizer", "REGISTRY", "SynthSettings", "LLMSettings"]
+__all__ = ["QASynthesizer", "get_synthesizer", "preflight", "REGISTRY", "SynthSettings", "LLMSettings"]

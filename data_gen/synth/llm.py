@@ -6,9 +6,15 @@ validate the reply (`reply.py`), and retry on HTTP errors, timeouts and invalid 
 When a stage still fails, the whole record falls back to the template backend (so its three views stay
 consistent) with `CurriculumQA.backend = 'template_fallback:<reason>'`, and the reason is counted in `stats`.
 
+Only the windowed image and the prompt built from the seed rationale are sent (`prompts.py`), never DICOM tags,
+paths or ids. The endpoint is checked before the first image by `endpoint.preflight` (local network unless
+`synth.llm.allow_remote`; answering unless `synth.llm.allow_fallback`); a record that still fails afterwards
+falls back as above, and the build reports the share (`usage.py`).
+
 `stats` counters (a `collections.Counter`, thread-safe updates):
   requests, cache_hit, llm (records written by the VLM), fallback, fallback:<reason>, error:<reason>
-  (http_error, timeout, connection_error, bad_response), invalid:<reason> (see reply.py), cache_invalid.
+  (http_error, timeout, connection_error, bad_response), invalid:<reason> (see reply.py), cache_invalid,
+  images_sent:<host> (requests that carried an image, per endpoint host).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Iterable, Optional
 
 from data_gen.synth.cache import ReplyCache, cache_key, image_digest
 from data_gen.synth.chat import ChatError, chat_completion, png_data_url
+from data_gen.synth.endpoint import host_of
 from data_gen.synth.prompts import SYSTEM, stage_image, stage_prompt
 from data_gen.synth.reply import ReplyError, parse_reply, validate_reply
 from data_gen.synth.scene import Scene
@@ -48,6 +55,7 @@ class LLMSynthesizer:
     def __init__(self, settings: SynthSettings):
         self.settings = settings
         self.llm = settings.llm
+        self.host = host_of(self.llm.base_url)
         self.cache = ReplyCache(self.llm.cache_dir)
         self.stats: collections.Counter[str] = collections.Counter()
         self._init_sync()
@@ -131,6 +139,8 @@ class LLMSynthesizer:
             try:
                 with self._slots:
                     self._count("requests")
+                    if image is not None:
+                        self._count(f"images_sent:{self.host}")
                     text = chat_completion(self.llm.base_url, payload, api_key=api_key, timeout_s=self.llm.timeout_s)
             except ChatError as e:
                 reason = e.reason

@@ -15,7 +15,16 @@ synth.llm.timeout_s    per-request timeout in seconds
 synth.llm.retries      extra attempts per stage after an HTTP error, timeout or invalid reply
 synth.llm.cache_dir    on-disk reply cache ('' = none); a re-run with the same inputs never re-asks
 synth.llm.temperature, max_tokens, backoff_s (first retry delay; doubles each retry)
+synth.llm.allow_remote   False: the endpoint must be on this machine or its local network (loopback, private,
+                         link-local addresses); True: images and seed text may go to a server elsewhere
+synth.llm.allow_fallback False: an endpoint that does not answer before the first image stops the build; True:
+                         the build goes on and records fall back to templates (counted, share reported)
 ```
+
+What is sent: the windowed, de-identified image (as stored in the record; Easy's with the box drawn) and the
+prompt built from the seed rationale, never DICOM tags, file names, paths or dataset ids (`data_gen.synth.prompts`).
+The remote-host rule is checked here for IP literals and, with name resolution, by `endpoint.preflight` before the
+first image.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import dataclasses
 from typing import Any
 
 from data_gen.errors import ConfigError
+from data_gen.synth.endpoint import host_of, literal_scope, remote_refusal
 from medclm_jax.config_file import settings_from
 
 BACKENDS = ("template", "llm")
@@ -41,6 +51,8 @@ class LLMSettings:
     temperature: float = 0.2
     max_tokens: int = 512
     backoff_s: float = 1.0
+    allow_remote: bool = False
+    allow_fallback: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> "LLMSettings":
@@ -59,6 +71,14 @@ def _validated(s: LLMSettings) -> LLMSettings:
         raise ConfigError(f"synth.llm.timeout_s must be > 0, got {s.timeout_s}")
     if s.backoff_s < 0:
         raise ConfigError(f"synth.llm.backoff_s must be >= 0, got {s.backoff_s}")
+    if not 0 <= s.temperature <= 2:
+        raise ConfigError(f"synth.llm.temperature must be in [0, 2], got {s.temperature}")
+    if s.max_tokens < 1:
+        raise ConfigError(f"synth.llm.max_tokens must be >= 1, got {s.max_tokens}")
+    if not s.model.strip():
+        raise ConfigError("synth.llm.model is empty: set it to the model name the server serves")
+    if literal_scope(host_of(s.base_url)) == "remote" and not s.allow_remote:
+        raise ConfigError(remote_refusal(s.base_url))
     return s
 
 

@@ -9,6 +9,9 @@
                                                 KV caches) or stacked for nn.scan (training)
 
 The conversion is `medclm_jax.model.convert`; the checkpoint layout is `medclm_jax.model.checkpoint`.
+The output is never the input, nor a folder holding it or inside it; it is a new or empty folder, or (with
+`--overwrite`) an earlier output of ours, of which only what it wrote is replaced: a folder holding anything else
+is refused before anything is read or written.
 Exit status 0 on success, 1 on an unusable input or output folder (one line naming it), 2 on usage errors.
 """
 
@@ -45,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stack layers for nn.scan (training; the default for --from-hf) or keep one subtree "
                         "per layer (serving: ring-buffer KV caches on sliding-window layers); with --from DIR "
                         "--to DIR it re-saves our checkpoint in that layout")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --to checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier checkpoint at --to, or an earlier export at --to-hf (only what it wrote "
+                        "is removed; a folder holding anything else is refused)")
     p.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size for --to-hf")
     return p
 
@@ -60,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     if not relayout_only and (bool(args.from_hf) == bool(args.from_ours) or bool(args.from_hf) != bool(args.to)
                               or bool(args.from_ours) != bool(args.to_hf)):
         parser.error("use --from-hf DIR --to DIR, --from DIR --to-hf DIR, or --from DIR --to DIR --layout ...")
+    source = args.from_hf or args.from_ours
     try:
+        # Refuse an unusable output before the (slow) load: never the input itself, and only a new or empty
+        # folder or an earlier output of ours.
+        checkpoint.check_apart(source, args.to or args.to_hf)
+        if args.to:
+            checkpoint.check_output_dir(args.to, args.overwrite)
+        else:
+            convert.check_export_dir(args.to_hf, args.overwrite)
         if relayout_only:
             cfg, params = convert.relayout(*checkpoint.load_checkpoint(args.from_ours),
                                            scan_layers=args.layout == "scan")
@@ -77,10 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg, params = checkpoint.load_checkpoint(args.from_ours)
             files = convert.export_hf(params, cfg, args.to_hf, tokenizer_dir=args.from_ours,
-                                      max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
+                                      max_shard_bytes=int(args.max_shard_gb * (1 << 30)), overwrite=args.overwrite)
             log.info("wrote %s: %s", args.to_hf, ", ".join(files))
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"medclm convert: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # permissions, a full disk
+        print(f"medclm convert: error: {e.filename or args.to or args.to_hf}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,9 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_writable(path: Path) -> None:
+    """Fail before scoring when `--json` cannot be written (a folder, a missing or read-only parent)."""
+    if path.is_dir():
+        raise ScoreInputError(f"--json {path}: is a folder; give a file name, e.g. {path / 'metrics.json'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) or (
+            path.exists() and not os.access(path, os.W_OK)):
+        raise ScoreInputError(f"--json {path}: cannot write there ({existing} is not a writable folder); choose "
+                              "another path")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.json is not None:
+            _check_writable(args.json)
         preds = read_predictions(args.pred)
         refs = read_references(args.ref)
         if not refs:
@@ -49,8 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(metrics))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(flatten(metrics), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(flatten(metrics), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        except OSError as e:
+            print(f"medclm score: --json {args.json}: cannot write it ({e.strerror or e}); choose another path",
+                  file=sys.stderr)
+            return 2
     return 0
 
 

@@ -52,13 +52,20 @@ def _iter_records(path: Path) -> Iterator[tuple[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ScoreInputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ScoreInputError(f"{path}: is a folder; pass the JSONL file inside it") from None
     except UnicodeDecodeError as e:
         raise ScoreInputError(f"{path}: not UTF-8 text ({e}); predictions/references are JSON Lines") from None
+    except OSError as e:
+        raise ScoreInputError(f"{path}: cannot read it ({e.strerror or e}); check the path and its "
+                              "permissions") from None
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ScoreInputError(f"{path}: invalid JSON array ({e})") from None
+        except RecursionError:
+            raise ScoreInputError(f"{path}: JSON nested too deeply; expected an array of flat objects") from None
         for i, rec in enumerate(data):
             yield f"{path}[{i}]", rec
         return
@@ -66,9 +73,12 @@ def _iter_records(path: Path) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield f"{path}:{n}", json.loads(line)
+            rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise ScoreInputError(f"{path}:{n}: invalid JSON ({e.msg}); write one JSON object per line") from None
+        except RecursionError:
+            raise ScoreInputError(f"{path}:{n}: JSON nested too deeply; write one flat JSON object per line") from None
+        yield f"{path}:{n}", rec
 
 
 def _need(rec: Any, key: str, where: str, what: str) -> Any:

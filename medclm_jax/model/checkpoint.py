@@ -61,24 +61,80 @@ def _checkpointer() -> ocp.Checkpointer:
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=registry))
 
 
+# What a checkpoint folder holds; `--overwrite` replaces a folder only when it holds nothing else.
+CHECKPOINT_ENTRIES = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt", PARAMS, METADATA, *TOKENIZER_FILES})
+
+
+def is_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds the layout :func:`save_params` writes."""
+    d = os.fspath(directory)
+    return (os.path.isfile(os.path.join(d, "_CHECKPOINT_METADATA")) and os.path.isdir(os.path.join(d, PARAMS))
+            and os.path.isdir(os.path.join(d, METADATA)))
+
+
+def check_apart(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Refuses a `target` folder that is `source`, holds it or lies inside it: writing (or, with overwrite,
+    replacing) it would destroy the source being read.
+
+    Raises:
+      ValueError: naming both.
+    """
+    s, t = (os.path.realpath(os.path.abspath(os.fspath(p))) for p in (source, target))
+    if t == s or s.startswith(t.rstrip(os.sep) + os.sep) or t.startswith(s.rstrip(os.sep) + os.sep):
+        what = "is" if t == s else "contains" if s.startswith(t.rstrip(os.sep) + os.sep) else "lies inside"
+        raise ValueError(f"{target}: the output {what} the input {source}; writing there could destroy it: choose "
+                         "a folder apart from the input")
+
+
+def check_output_dir(directory: str | os.PathLike, overwrite: bool = False) -> bool:
+    """Whether a checkpoint may be written at `directory`; returns True when the folder exists (empty, or an
+    earlier checkpoint that ``overwrite`` replaces). Touches nothing.
+
+    Raises:
+      FileExistsError: `directory` is a file, a folder that is not a checkpoint, a checkpoint without
+        ``overwrite``, or a checkpoint together with other files (which replacing it would delete).
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    if not os.path.lexists(directory):
+        return False
+    if not os.path.isdir(directory):
+        raise FileExistsError(f"{directory}: is a file, not a folder; choose a new or empty folder")
+    entries = sorted(os.listdir(directory))
+    if not entries:
+        return True
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    if not is_checkpoint(directory):
+        raise FileExistsError(f"{directory}: the folder is not empty and is not a model checkpoint ({shown}); "
+                              "choose a new or empty folder (nothing was written or removed)")
+    if not overwrite:
+        raise FileExistsError(f"{directory}: a checkpoint already exists here; pass overwrite=True (--overwrite) "
+                              "to replace it, or choose another folder")
+    foreign = [e for e in entries if e not in CHECKPOINT_ENTRIES and not e.startswith("_")]  # `_*`: Orbax's own
+    if foreign:
+        raise FileExistsError(f"{directory}: holds a checkpoint and also files that are not part of one "
+                              f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); replacing the "
+                              "checkpoint would delete them: move them away or choose another folder")
+    return True
+
+
 def save_params(directory: str | os.PathLike, params: Any, metadata: Mapping[str, Any] | None = None, *,
                 overwrite: bool = False) -> None:
     """Writes the layout: the parameter tree and a JSON metadata record.
 
     Args:
-      directory: target folder; must not exist yet unless ``overwrite``.
+      directory: target folder: new, empty, or (with ``overwrite``) an earlier checkpoint and nothing else
+        (:func:`check_output_dir`).
       params: pytree of ``jax.Array`` (possibly sharded over many hosts) or numpy arrays.
       metadata: JSON-serializable dict (model config, source checkpoint, ...).
       overwrite: replace an existing checkpoint at ``directory``.
     """
     directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory}: a checkpoint already exists here; pass overwrite=True or choose "
-                              f"another folder")
+    exists = check_output_dir(directory, overwrite)
+    # Orbax writes into an existing folder only when told to replace it (an empty one, or a checked checkpoint).
     _checkpointer().save(directory, args=ocp.args.Composite(**{
         PARAMS: ocp.args.StandardSave(params),
         METADATA: ocp.args.JsonSave(dict(metadata or {})),
-    }), force=overwrite)
+    }), force=exists)
 
 
 def _require_checkpoint(directory: str, item: str) -> str:
@@ -192,7 +248,12 @@ def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
 
 def save_checkpoint(out_dir: str | Path, cfg: VLMConfig, params: Mapping[str, Any],
                     tokenizer_dir: str | Path | None = None, overwrite: bool = False) -> None:
-    """Writes params + {'format', 'version', 'config'} metadata and copies the tokenizer files."""
+    """Writes params + {'format', 'version', 'config'} metadata and copies the tokenizer files.
+
+    `out_dir` as for :func:`save_params`, and apart from `tokenizer_dir` (the folder the weights came from).
+    """
+    if tokenizer_dir is not None:
+        check_apart(tokenizer_dir, out_dir)
     save_params(out_dir, dict(params), {"format": FORMAT, "version": VERSION, "config": config_to_json(cfg)},
                 overwrite=overwrite)
     if tokenizer_dir is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -219,16 +220,87 @@ def load_hf(hf_dir: str | Path, **overrides: Any) -> tuple[VLMConfig, dict[str, 
     return cfg, params
 
 
-def export_hf(params: Mapping[str, Any], cfg: VLMConfig, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
-              max_shard_bytes: int = 2 << 30) -> list[str]:
-    """Writes config.json + (sharded) safetensors (+ tokenizer files from `tokenizer_dir`) to `out_dir`."""
+# An export folder's record of the files it holds: `--to-hf` writes only into an empty folder or over an export
+# of ours, and `overwrite` removes only what such an export wrote.
+EXPORT_MANIFEST = "medclm_export.json"
+_EXPORT_NAME = re.compile(r"^(config\.json|model\.safetensors(\.index\.json)?|model-\d{5}-of-\d{5}\.safetensors"
+                          r"|\.shard-\d{5}\.tmp)$")  # what export_hf (via safetensors_io.write_sharded) writes
+
+
+def _export_manifest(out: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((out / EXPORT_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) and f and "/" not in f and "\\" not in f
+                                              and f not in (".", "..") for f in files):
+        return None
+    return manifest
+
+
+def check_export_dir(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuses an export folder that is not new, empty, or (with `overwrite`) an earlier export of ours.
+    Touches nothing.
+
+    Raises:
+      FileExistsError: naming the folder and what to do.
+    """
     out = Path(out_dir)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out}: is a file, not a folder; choose a new or empty folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if _export_manifest(out) is None:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise FileExistsError(f"{out}: the folder is not empty and holds no export of medclm convert ({shown}); "
+                              "choose a new or empty folder (nothing was written or removed)")
+    if not overwrite:
+        raise FileExistsError(f"{out}: holds an earlier export; pass --overwrite to replace it (only the files it "
+                              "wrote are removed), or choose another folder")
+
+
+def _clear_export_dir(out: Path) -> None:
+    """Removes the files of the earlier export in `out` (checked by `check_export_dir`), and nothing else."""
+    manifest = _export_manifest(out)
+    if manifest is None:
+        return
+    ours = set(manifest["files"])
+    for p in out.iterdir():
+        # An interrupted export never listed its files: what matches the names export_hf writes is its.
+        if (p.name in ours or (not manifest.get("complete") and (_EXPORT_NAME.match(p.name)
+                                                                  or p.name in checkpoint.TOKENIZER_FILES))):
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+    (out / EXPORT_MANIFEST).unlink()
+
+
+def export_hf(params: Mapping[str, Any], cfg: VLMConfig, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
+              max_shard_bytes: int = 2 << 30, overwrite: bool = False) -> list[str]:
+    """Writes config.json + (sharded) safetensors (+ tokenizer files from `tokenizer_dir`) to `out_dir`.
+
+    `out_dir` must be new, empty, or an earlier export (replaced with `overwrite`), and apart from `tokenizer_dir`.
+    It also gets `medclm_export.json`, the list of the files written, which is how a later export knows what it
+    may replace.
+    """
+    out = Path(out_dir)
+    if tokenizer_dir is not None:
+        checkpoint.check_apart(tokenizer_dir, out)
+    check_export_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    _clear_export_dir(out)
+    record = {"format": "medclm-hf-export", "version": 1, "complete": False, "files": []}
+    (out / EXPORT_MANIFEST).write_text(json.dumps(record) + "\n")  # first: an interrupted export is still ours
     files = safetensors_io.write_sharded(out, vlm_params_to_hf(params, cfg), max_shard_bytes)
     (out / "config.json").write_text(json.dumps(vlm_config_to_hf(cfg), indent=2) + "\n")
     if tokenizer_dir is not None:
         files += checkpoint.copy_tokenizer_files(tokenizer_dir, out)
-    return [*files, "config.json"]
+    files = [*files, "config.json"]
+    (out / EXPORT_MANIFEST).write_text(json.dumps({**record, "complete": True, "files": files}, indent=1) + "\n")
+    return files
 
 
 def relayout(cfg: VLMConfig, params: Mapping[str, Any], scan_layers: bool) -> tuple[VLMConfig, dict[str, Any]]:

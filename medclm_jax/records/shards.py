@@ -30,6 +30,7 @@ from medclm_jax.records import tfrecord
 
 INDEX_SUFFIX = ".index"
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<num>\d{5})\.tfrecord$")
+_TEMP_RE = re.compile(r"^\.(?P<split>.+)-(?P<index>\d{5})\.[0-9a-f]{10}(\.idx)?\.tmp$")  # `_OpenShard`'s names
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -226,14 +227,19 @@ def list_shards(out_dir: str, split: str) -> list[str]:
     return [p for _, p in sorted(found)]
 
 
-def remove_stale_temps(out_dir: str, split: Optional[str] = None) -> list[str]:
-    """Removes temp files left by an interrupted writer (all splits, or one); returns the removed paths.
+def remove_stale_temps(out_dir: str, split: Optional[str] = None, index: Optional[int] = None) -> list[str]:
+    """Removes temp files left by an interrupted writer (all splits, one split, or one shard of it); returns the
+    removed paths.
 
-    Only call this when no other writer is active in `out_dir`: it cannot tell a live temp file from a stale one.
+    Only names of the writer's own form (`.{split}-{i:05d}.<10 hex>.tmp` and `.idx.tmp`) are touched, so a user's
+    hidden file that happens to end in `.tmp` survives. Only call this when no other writer is active in
+    `out_dir`: it cannot tell a live temp file from a stale one.
     """
-    prefix = f".{glob.escape(split)}-" if split else "."
     removed = []
-    for path in glob.glob(os.path.join(glob.escape(str(out_dir)), f"{prefix}*.tmp")):
-        os.remove(path)
-        removed.append(path)
+    for path in glob.glob(os.path.join(glob.escape(str(out_dir)), ".*.tmp")):
+        m = _TEMP_RE.match(os.path.basename(path))
+        if (m and (split is None or m.group("split") == split)
+                and (index is None or int(m.group("index")) == index)):
+            os.remove(path)
+            removed.append(path)
     return sorted(removed)

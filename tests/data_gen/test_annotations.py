@@ -549,7 +549,7 @@ def test_adapters_refuse_unknown_options(tmp_path, name, option, match):
 
 def test_phantom_adapter_on_the_real_phantom(tmp_path):
     """The adapter reads what `medclm-data phantom` writes (D1's writer): every file it points at exists."""
-    writer = pytest.importorskip("data_gen.phantom.writer")
+    from data_gen.phantom import writer
     summary = writer.write_phantom(str(tmp_path), 6, seed=1, cxr_size=128, ct_size=128)
     aset = _load("phantom", f"root={tmp_path}")
     assert aset.rejects == [] and _accounted(aset.stats)

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from data_gen import phantom
-from data_gen.build import run_build
+from data_gen.build import OutputError, run_build
 from data_gen.dataset_info import salt_fingerprint
 from medclm_jax.records import decode_example
 from medclm_jax.records.boxes import format_box
@@ -125,7 +125,7 @@ def test_counts_add_up(built):
     assert t["records"] == len(records) == t["lesion_records"] + t["negative_records"]
     assert t["images_in"] == t["images_written"] + t["images_rejected"] == 20
     assert t["lesions_in"] == t["lesion_records"] + t["lesions_rejected"]
-    rejects = [json.loads(line) for line in open(os.path.join(out, "rejects.jsonl"))]
+    rejects = [json.loads(line) for line in open(os.path.join(out, "diagnostics", "rejects.jsonl"))]
     assert len(rejects) == info["rejects"]["total"]
     per_split = {s: sum(1 for shard, _ in records if shard.startswith(s + "-")) for s in ("train", "val", "test")}
     for split, c in info["counts"]["per_split"].items():
@@ -171,7 +171,7 @@ def test_resume_skips_finished_shards_and_rebuilds_missing_ones(raw, built, tmp_
     info = run_build(cfg, copy, progress=False)
     assert info["generator"]["shards_resumed"] == len(before) - 1
     assert _shard_bytes(copy) == before
-    with pytest.raises(SystemExit, match="different build"):
+    with pytest.raises(OutputError, match="different build.*write.records_per_shard"):
         run_build(_cfg(raw, **{"write.records_per_shard": 5}), copy, progress=False)
 
 
@@ -244,7 +244,7 @@ def test_bad_inputs_are_skipped_counted_and_reported(raw, tmp_path):
     assert info["stats"].get("boxes_clipped", 0) >= 1
     t = info["counts"]["total"]
     assert t["images_rejected"] == 2 and t["images_in"] == 20
-    rejects = [json.loads(line) for line in open(os.path.join(out, "rejects.jsonl"))]
+    rejects = [json.loads(line) for line in open(os.path.join(out, "diagnostics", "rejects.jsonl"))]
     assert len(rejects) == info["rejects"]["total"]
     assert all(r["reason"] and r["item"] for r in rejects)
     classes = {_first(ex, "lesion/class") for _, ex in _all_records(out)}

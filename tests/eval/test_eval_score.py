@@ -171,3 +171,17 @@ def test_scoring_does_not_import_jax():
             "bad = [m for m in ('jax', 'flax', 'torch', 'numpy') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_folder_or_an_unwritable_json_path_is_one_line(tmp_path, capsys):
+    ref = _write_jsonl(tmp_path / "ref.jsonl", REFS)
+    pred = _write_jsonl(tmp_path / "pred.jsonl", [{"id": r["id"], "prediction": r["answer"]} for r in REFS])
+    assert cli.main(["score", "--pred", str(tmp_path), "--ref", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: is a folder" in err and err.count("\n") == 1 and "Traceback" not in err
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    for out in (blocker / "metrics.json", tmp_path):  # under a file; a folder
+        assert cli.main(["score", "--pred", str(pred), "--ref", str(ref), "--json", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert f"--json {out}" in captured.err and captured.err.count("\n") == 1 and captured.out == ""
