@@ -7,7 +7,10 @@ host batch in `data/batch.py`'s contract.
 
 Each returns one element: {"step": int64, "batch": {key: array[B, ...]}, "counts": {name: n}, "errors": {reason:
 first message}}. The batch always has B rows in slot order, so a dropped example never shrinks a batch or shifts
-another example: its slot becomes a padding row.
+another example: its slot becomes a padding row. `batch` is the contract's except `image`, which travels as
+uint8[B, S, S, 3] pixels (`to_pixels`; a quarter of float32's bytes through shared memory) and becomes float32 in
+[-1, 1] where it is consumed (`from_pixels` on the host, or the same table on the devices): exactly the values
+`images.to_model_range` gives, since the model's pixels are uint8 before that scaling.
 
 Dropped examples, counted by reason in `counts` as `dropped:{reason}` (`prompts.outcome`'s names):
   - an unreadable record (CRC, truncation, undecodable, schema; `RecordSource.read` names shard and byte offset)
@@ -17,7 +20,7 @@ Dropped examples, counted by reason in `counts` as `dropped:{reason}` (`prompts.
     `no_room_for_reasoning`): always dropped, never trained on a cut answer; a config matter, not corruption.
 Kept examples count `kept` and, where the reasoning was cut to fit, `reasoning_truncated`.
 
-The padding row (`Preprocess.padding_row`): `weight` 0, `example_id` -1, `mask_loss` and `span` 0, no box, a zero
+The padding row (`Preprocess.padding_row`): `weight` 0, `example_id` -1, `mask_loss` and `span` 0, no box, a black
 image and the prompt of an empty question, so the row is well formed for the model (Gemma 3's image placeholders
 are in it) and made from nothing but the settings: the same in every process, so batches stay a pure function of
 the plan. Its `stage` and `domain` are the slot's (0 where unknown); with weight 0 they count nowhere.
@@ -36,12 +39,28 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from medclm_jax.data import batch as batch_lib
-from medclm_jax.data import prompts, views
+from medclm_jax.data import images, prompts, views
 from medclm_jax.data.plan import PlanBoard
 from medclm_jax.records import schema
 from medclm_jax.records.errors import RecordError
 
 Slot = tuple[int, int, int]  # (record index or -1 for padding, stage id, domain id)
+PIXEL_VALUES = images.to_model_range(np.arange(256, dtype=np.uint8))  # float32[256]: uint8 pixel -> model value
+
+
+def to_pixels(image: np.ndarray) -> np.ndarray:
+    """float32 model image in [-1, 1] (from `images.to_model_range`) -> its uint8 pixels, exactly.
+
+    (x + 1) * 127.5 is within 1e-4 of the pixel k, so truncating (x * 127.5 + 128) gives k (two passes, in place).
+    """
+    x = np.multiply(image, np.float32(127.5), dtype=np.float32)
+    x += np.float32(128.0)
+    return x.astype(np.uint8)
+
+
+def from_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [-1, 1]: `images.to_model_range` itself (the devices use `PIXEL_VALUES`)."""
+    return images.to_model_range(pixels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +91,7 @@ class Preprocess:
         """The row that stands in for a dropped example or fills a short batch (module docstring)."""
         tokens = prompts.encode_prompt(self.tokenizer, self.prompt, "")
         s, zeros = self.view.image_size, np.zeros(self.prompt.max_len, np.int32)
-        return {"image": np.zeros((s, s, 3), np.float32), "text": tokens.text, "mask_ar": tokens.mask_ar,
+        return {"image": np.full((s, s, 3), -1.0, np.float32), "text": tokens.text, "mask_ar": tokens.mask_ar,
                 "mask_input": tokens.mask_input, "mask_loss": zeros, "span": zeros, "stage": np.int32(stage_id),
                 "domain": np.int32(domain_id), "example_id": np.int32(-1), "box": np.zeros(4, np.float32),
                 "has_box": np.int32(0), "weight": np.float32(0.0)}
@@ -117,7 +136,10 @@ def assemble(source: Any, pre: Preprocess, slots: Sequence[Slot], *, check_pool:
             counts["padding"] += 1
         rows.append(row)
     counts["examples"] += len(slots)
-    return {"step": np.int64(step), "batch": batch_lib.collate(rows), "counts": dict(counts), "errors": errors}
+    batch = {key: np.stack([np.asarray(r[key], dtype) for r in rows])
+             for key, (dtype, _) in batch_lib.SPEC.items() if key != "image"}
+    batch["image"] = np.stack([to_pixels(r["image"]) for r in rows])
+    return {"step": np.int64(step), "batch": batch, "counts": dict(counts), "errors": errors}
 
 
 class TrainBatches:

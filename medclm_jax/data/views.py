@@ -136,7 +136,8 @@ def make_view(record: Mapping[str, Any], stage: str, settings: ViewSettings, *,
         pool = schema.text(record, schema.CURRICULUM_POOL)
         if stage not in schema.pool_stages(pool):
             raise RecordError(f"{prefix}a record of the {pool!r} pool cannot give a {stage} view (Hard trains on "
-                              f"images kept apart from Easy/Medium); draw it from the {stage!r} pool",
+                              f"images kept apart from Easy/Medium); draw it from the "
+                              f"{next(p for p, st in schema.POOL_STAGES.items() if stage in st)!r} pool",
                               field=schema.CURRICULUM_POOL, reason="wrong_pool")
     domain = schema.text(record, schema.DOMAIN)
     if domain not in domain_ids:

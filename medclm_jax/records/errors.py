@@ -17,5 +17,14 @@ class RecordError(ValueError):
         self.offset = offset
         self.field = field
         self.reason = reason
+        self.message = message
         where = ", ".join(x for x in (path, f"key {field}" if field else "") if x)
         super().__init__(f"{where}: {message}" if where else message)
+
+    def __reduce__(self):
+        # Keep path/offset/field/reason across processes (Grain workers pickle errors back to the main process).
+        return _rebuild, (self.message, self.path, self.offset, self.field, self.reason)
+
+
+def _rebuild(message: str, path: str, offset: int | None, field: str, reason: str) -> RecordError:
+    return RecordError(message, path=path, offset=offset, field=field, reason=reason)

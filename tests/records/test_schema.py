@@ -86,3 +86,13 @@ def test_describe_lists_every_key_once():
 def test_text_reads_decoded_bytes():
     rec = decode_example(encode_example(_record()))
     assert schema.text(rec, schema.DOMAIN) == "nodule_xray"
+
+
+def test_record_errors_keep_their_location_across_processes():
+    import pickle
+
+    e = RecordError("data CRC mismatch", path="train-00000-of-00002.tfrecord", offset=1234, field="lesion/box",
+                    reason="tfrecord_crc")
+    back = pickle.loads(pickle.dumps(e))
+    assert (str(back), back.path, back.offset, back.field, back.reason) == (
+        str(e), "train-00000-of-00002.tfrecord", 1234, "lesion/box", "tfrecord_crc")
