@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+from local_http import JSONHandler, serve
 
 from data_gen import phantom
 from data_gen.build import MANIFEST, OutputError, build_failure, run_build
@@ -255,14 +256,23 @@ def _alive(pid):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads worker processes from /proc")
 def test_sigterm_stops_every_worker_and_says_how_to_resume(raw, tmp_path):
-    # An LLM endpoint that accepts connections and never answers keeps the workers busy, as a hung server would.
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
+    # An LLM endpoint that passes the start-up check (it lists the model) and then never answers a request keeps
+    # the workers busy, as a hung server would.
+    release = threading.Event()
+
+    class Hung(JSONHandler):
+        def do_GET(self):
+            self.send_json(200, {"object": "list", "data": [{"id": "test-vlm"}]})
+
+        def do_POST(self):
+            release.wait(600)
+
+    server = serve(Hung)
+    base_url = server.__enter__()
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "data_gen.cli", "build", "--config", f"{CONFIG}:root={raw}", "--out", out,
            "--workers", "2", "--no-progress", "--set", "write.records_per_shard=2", "--set", "synth.backend=llm",
-           "--set", f"synth.llm.base_url=http://127.0.0.1:{server.getsockname()[1]}/v1",
+           "--set", f"synth.llm.base_url={base_url}", "--set", "synth.llm.model=test-vlm",
            "--set", "synth.llm.timeout_s=600", "--set", "synth.llm.retries=0"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers, err = [], ""
@@ -281,7 +291,8 @@ def test_sigterm_stops_every_worker_and_says_how_to_resume(raw, tmp_path):
         survivors = [w for w in workers if _alive(w)]
         for w in survivors:  # orphans of a failed run hold the pipes open; they are this test's own processes
             os.kill(w, signal.SIGKILL)
-        server.close()
+        release.set()
+        server.__exit__(None, None, None)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM" in err and "run the same command again" in err and "Traceback" not in err
     assert not survivors, "a worker outlived the build"
@@ -333,3 +344,27 @@ def test_a_build_where_most_images_fail_for_one_reason_exits_non_zero(raw, tmp_p
     assert build_command.main(args + ["--out", str(tmp_path / "b"), "--max-reject-share", "0.4"]) == 1
     first = capsys.readouterr().err.splitlines()[0]
     assert f"{len(dicoms)} of 8 images" in first and "image:" in first and "cxr/images/" in first, first
+
+
+def test_the_build_reports_which_host_received_how_many_images(raw, tmp_path):
+    """The LLM backend's per-host image counts and fallback share reach dataset_info.json and the summary."""
+    from data_gen.build import format_summary
+
+    class Replies(JSONHandler):
+        def do_GET(self):
+            self.send_json(200, {"object": "list", "data": [{"id": "test-vlm"}]})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_json(200, {"choices": [{"message": {"content": "Question: Is it? | Answer: yes"}}]})
+
+    with serve(Replies) as base_url:
+        cfg = load_dataset_config("phantom", f"root={raw}", ["synth.backend=llm", f"synth.llm.base_url={base_url}",
+                                                             "synth.llm.model=test-vlm", "synth.llm.retries=0"])
+        info = run_build(cfg, str(tmp_path / "out"), workers=1, progress=False)
+    usage = info["synth"]
+    total = info["counts"]["total"]["records"]
+    assert usage["records_by_vlm"] + usage["fallback_records"] == total > 0
+    assert sum(usage["images_sent"].values()) > 0 and all(h.startswith("127.0.0.1") for h in usage["images_sent"])
+    summary = format_summary(info)
+    assert "received" in summary and "template fallbacks" in summary
