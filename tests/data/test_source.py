@@ -25,28 +25,16 @@ from medclm_jax.config_file import load_config
 from medclm_jax.data.source import RecordSource, read_split
 from medclm_jax.records import RecordError, ShardWriter, decode_example, encode_example, read_tfrecord, schema
 from medclm_jax.records.shards import index_path
+from record_factory import make_record
 
 PHANTOM_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "data", "phantom.py")
 
 
 def _record(n: int, rng: random.Random, **changes) -> dict:
     """A schema-valid record; `image/id` = f"img{n:05d}" identifies it; payload size varies (1-40 kB)."""
-    rec = {
-        "image/encoded": rng.randbytes(rng.randrange(1_000, 40_000)), "image/format": "png",
-        "image/height": 64, "image/width": 80, "image/id": f"img{n:05d}", "image/modality": "xray",
-        "image/source": "test", "lesion/class": "nodule", "lesion/box": np.asarray([0.1, 0.2, 0.5, 0.6], np.float32),
-        "lesion/organ": "right lung", "lesion/organ_score": 0.9, "lesion/organ_method": "containment",
-        "lesion/location": "right upper zone", "domain": "nodule_xray", "rationale/seed": f"seed {n}",
-        "curriculum/pool": "easy_medium", "synth/backend": "template", "split": "train",
-    }
-    for stage in schema.STAGES:
-        rec[f"{stage}/question"] = f"{stage} question {n}?"
-        rec[f"{stage}/answer"] = "nodule"
-        rec[f"{stage}/answer_type"] = "open"
-        if stage != "hard":
-            rec[f"{stage}/cot"] = "The box [0.10, 0.20, 0.50, 0.60] ..."
-    rec.update(changes)
-    return rec
+    return make_record(image=rng.randbytes(rng.randrange(1_000, 40_000)), image_id=f"img{n:05d}",
+                       questions={s: f"{s} question {n}?" for s in schema.STAGES},
+                       **{"rationale/seed": f"seed {n}", **changes})
 
 
 def _write_info(out: str, shards: dict[str, list[str]], records: dict[str, int], version=schema.SCHEMA_VERSION):

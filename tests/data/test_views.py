@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import pytest
+import record_factory
 from PIL import Image
 
 from medclm_jax.data import images, views
@@ -13,7 +14,7 @@ from medclm_jax.records import RecordError, decode_example, encode_example, sche
 S = 32
 BOX = (0.10, 0.20, 0.50, 0.60)
 COT = "The right lung is in view. The box [0.10, 0.20, 0.50, 0.60] holds a round opacity."
-DOMAINS = {"effusion_xray": 0, "nodule_xray": 1}
+DOMAINS = {"effusion_xray": 0, "no_finding_xray": 1, "nodule_xray": 2}
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -34,27 +35,8 @@ def phantom_pixels(h: int = 64, w: int = 64) -> np.ndarray:
 def make_record(pixels=None, *, box=BOX, pool="easy_medium", lesion="nodule", **changes) -> dict:
     """A complete record as the input pipeline reads it (encoded, decoded, checked against the schema)."""
     pixels = phantom_pixels() if pixels is None else pixels
-    negative = box is None
-    rec = {
-        "image/encoded": png(pixels), "image/format": "png", "image/height": pixels.shape[0],
-        "image/width": pixels.shape[1], "image/id": "0123456789abcdef0123", "image/modality": "xray",
-        "image/source": "phantom", "lesion/class": schema.NO_FINDING if negative else lesion,
-        "lesion/box": np.asarray([] if negative else box, np.float32),
-        "lesion/organ": schema.NO_ORGAN if negative else "right lung", "lesion/organ_score": 0.0 if negative else 0.9,
-        "lesion/organ_method": "none" if negative else "containment",
-        "lesion/location": "none" if negative else "right upper zone",
-        "domain": "nodule_xray", "rationale/seed": "seed", "curriculum/pool": pool, "synth/backend": "template",
-        "split": "train",
-    }
-    for stage in schema.STAGES:
-        rec[f"{stage}/question"] = {"easy": "What is in the highlighted region?",
-                                    "medium": "Is there an abnormality in the right lung?",
-                                    "hard": "What abnormality is seen?"}[stage]
-        rec[f"{stage}/answer"] = "no" if negative else "nodule"
-        rec[f"{stage}/answer_type"] = "open"
-        if stage != "hard":
-            rec[f"{stage}/cot"] = "No focal lesion is seen, so there is no region to localize." if negative else COT
-    rec.update(changes)
+    rec = record_factory.make_record(image=png(pixels), height=pixels.shape[0], width=pixels.shape[1], box=box,
+                                     lesion=lesion, pool=pool, cot=COT, **changes)
     schema.check_record(rec)
     return decode_example(encode_example(rec))
 
@@ -145,7 +127,7 @@ def test_targets_questions_and_ids_per_stage():
     assert h.question == "What abnormality is seen?" and h.target.text == "Answer: nodule"
     assert h.target.reasoning is None
     assert [v.stage_id for v in (easy, medium, h)] == [0, 1, 2]
-    assert easy.domain == "nodule_xray" and easy.domain_id == 1 and easy.example_id == 7
+    assert easy.domain == "nodule_xray" and easy.domain_id == 2 and easy.example_id == 7
     np.testing.assert_allclose(easy.box, BOX, atol=1e-6)
 
 

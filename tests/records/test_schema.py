@@ -4,25 +4,11 @@ import numpy as np
 import pytest
 
 from medclm_jax.records import RecordError, decode_example, encode_example, schema
+from record_factory import make_record
 
 
 def _record(**changes):
-    rec = {
-        "image/encoded": b"\x89PNG...", "image/format": "png", "image/height": 64, "image/width": 80,
-        "image/id": "0123456789abcdef0123", "image/modality": "xray", "image/source": "phantom",
-        "lesion/class": "nodule", "lesion/box": np.asarray([0.1, 0.2, 0.5, 0.6], np.float32),
-        "lesion/organ": "right lung", "lesion/organ_score": 0.9, "lesion/organ_method": "containment",
-        "lesion/location": "right upper zone", "domain": "nodule_xray", "rationale/seed": "A nodule ...",
-        "curriculum/pool": "easy_medium", "synth/backend": "template", "split": "train",
-    }
-    for stage in schema.STAGES:
-        rec[f"{stage}/question"] = f"{stage} q?"
-        rec[f"{stage}/answer"] = "nodule"
-        rec[f"{stage}/answer_type"] = "open"
-        if stage != "hard":
-            rec[f"{stage}/cot"] = "The box [0.10, 0.20, 0.50, 0.60] ..."
-    rec.update(changes)
-    return rec
+    return make_record(**changes)
 
 
 def test_a_complete_record_passes_as_written_and_as_read_back():
