@@ -11,6 +11,9 @@ import pytest
 from PIL import Image
 
 from data_gen.errors import InputError
+from data_gen.imaging import nifti as image_nifti
+from data_gen.phantom import ct, cxr
+from data_gen.phantom import files as phantom_files
 from data_gen.segment import builtin, external, load_masks, load_masks_with_stats
 from data_gen.segment import names as organ_names
 from data_gen.segment import nifti as seg_nifti
@@ -248,13 +251,12 @@ def test_nifti_display_orientation_by_hand(tmp_path):
 
 
 def test_nifti_mask_slice_matches_the_image_reader(tmp_path):
-    io_nifti = pytest.importorskip("data_gen.imaging.nifti")
     rng = np.random.default_rng(0)
     vol = rng.integers(0, 5, size=(W, H, 6)).astype(np.int16)
     _save_lps(vol, tmp_path / "v.nii.gz", dtype=np.int16)
     img = nib.load(str(tmp_path / "v.nii.gz"))
     for k in (0, 4):
-        values, _ = io_nifti.display_slice(img, k)
+        values, _ = image_nifti.display_slice(img, k)
         np.testing.assert_array_equal(seg_nifti.load_display_slice(str(tmp_path / "v.nii.gz"), k), values)
 
 
@@ -385,13 +387,7 @@ def test_builtin_on_synthetic_radiograph_respects_col_direction():
     assert _dice(got["left lung"], rl) >= 0.9  # image-left is now the patient's left
 
 
-@pytest.fixture(scope="module")
-def phantom():
-    return pytest.importorskip("data_gen.phantom.cxr"), pytest.importorskip("data_gen.phantom.ct")
-
-
-def test_builtin_lungs_on_phantom_radiographs(phantom):
-    cxr, _ = phantom
+def test_builtin_lungs_on_phantom_radiographs():
     for seed in range(3):
         rng = np.random.default_rng(seed)
         r = cxr.chest_radiograph(rng, 256, cxr.plan_findings(rng))
@@ -402,8 +398,7 @@ def test_builtin_lungs_on_phantom_radiographs(phantom):
             assert _dice(got[side], r.organs[side]) >= 0.8, (seed, side)
 
 
-def test_builtin_on_phantom_ct(phantom):
-    _, ct = phantom
+def test_builtin_on_phantom_ct():
     for seed, region in ((0, "chest"), (2, "chest"), (5, "abdomen")):
         rng = np.random.default_rng(seed)
         s = ct.ct_slice(rng, 256, region, ct.plan_findings(rng, region))
@@ -420,18 +415,16 @@ def test_builtin_on_phantom_ct(phantom):
                 assert side not in got, (seed, side)  # no lung invented in the abdomen (stomach gas)
 
 
-def test_phantom_ct_mask_files_land_on_the_image_grid_and_host_their_lesions(phantom, tmp_path):
+def test_phantom_ct_mask_files_land_on_the_image_grid_and_host_their_lesions(tmp_path):
     """D1's writer stores masks the way dcm2niix stores an LPS series; read back they must equal the drawn
     organs, and every drawn lesion must link to the organ it was drawn in."""
-    files = pytest.importorskip("data_gen.phantom.files")
     from data_gen.link import link_lesions
 
-    _, ct = phantom
     rng = np.random.default_rng(4)
     s = ct.ct_slice(rng, 128, "abdomen", ["liver cyst", "kidney cyst"])
-    affine = files.slice_affine((0.8, 0.8), 2.5, 57, s.hu.shape)
+    affine = phantom_files.slice_affine((0.8, 0.8), 2.5, 57, s.hu.shape)
     for name, m in s.organs.items():
-        files.write_mask_nifti(str(tmp_path / f"{name}.nii.gz"), m, affine)
+        phantom_files.write_mask_nifti(str(tmp_path / f"{name}.nii.gz"), m, affine)
     img = LoadedImage(pixels=np.zeros(s.hu.shape, np.uint8), modality="ct", hu=s.hu.astype(np.float32))
     om = load_masks(_item(str(tmp_path)), img, {})
     got = _by_name(om)

@@ -367,14 +367,16 @@ def scripted_server(responder):
                 time.sleep(delay)
                 data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
                                   if status == 200 else {"error": "scripted failure"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
             finally:
+                # Uncounted before the reply goes out: a client that has its reply (and frees its slot for the
+                # next request) must never be seen in flight together with that next request.
                 with lock:
                     log["active"] -= 1
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
     server = _Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -396,6 +398,14 @@ def _good_reply(body):
     return (f"**Question:** What abnormality is seen in the right lung?\n**Reasoning:** This is a chest radiograph."
             f" The right lung is visible. There is a rounded opacity at {box.replace(', ', ',')} in the upper zone; "
             f"it is a nodule.\n**Answer:** Nodule")
+
+
+def _held_until(event, guard_s=30.0):
+    """A responder whose valid reply waits for `event` (the guard only stops a broken build from hanging)."""
+    def responder(body, n):
+        event.wait(guard_s)
+        return 200, _good_reply(body), 0.0
+    return responder
 
 
 def _llm(base_url, tmp_path=None, **llm):
@@ -472,21 +482,56 @@ def test_llm_http_500_and_timeout_fall_back():
         qa = syn.synthesize(_single("e:0"))
         assert qa.backend == "template_fallback:http_error" and len(log["bodies"]) == 3
         assert syn.stats["error:http_error"] == 3 and syn.stats["fallback:http_error"] == 1
-    with scripted_server(lambda body, n: (200, _good_reply(body), 1.0)) as log:
+    # The reply is held until the client has returned, so only a client that gave up at its timeout can return
+    # (one that waited would get the valid reply once the 30 s guard ran out, and fail the backend check).
+    released = threading.Event()
+    with scripted_server(_held_until(released)) as log:
         syn = _llm(log["base_url"], retries=0, timeout_s=0.1)
-        t0 = time.monotonic()
         qa = syn.synthesize(_single("t:0"))
-        assert time.monotonic() - t0 < 0.9  # gave up at the timeout, did not wait for the slow reply
+        released.set()
         assert qa.backend == "template_fallback:timeout" and syn.stats["fallback:timeout"] == 1
+        assert syn.stats["requests"] == 1 and len(log["bodies"]) == 1
+
+
+class _SlotWatch:
+    """Stands in for the backend's slot semaphore and counts the callers queued for a slot."""
+
+    def __init__(self, slots):
+        self.slots, self.queued, self.lock = slots, 0, threading.Lock()
+
+    def __enter__(self):
+        with self.lock:
+            self.queued += 1
+        self.slots.acquire()
+        with self.lock:
+            self.queued -= 1
+
+    def __exit__(self, *exc):
+        self.slots.release()
+
+
+def _wait_for(condition, guard_s=30.0):
+    """Polls until `condition()`; the guard only stops a broken build from hanging the suite."""
+    deadline = time.monotonic() + guard_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def test_llm_concurrency_is_bounded_by_the_semaphore():
+    """Replies are held until five callers (two slots) have settled: then exactly two requests are at the
+    server and three callers queue for a slot. Counters, not timing: a missing or larger bound shows as a
+    third request in flight, whatever the load on the machine."""
     inputs = [dataclasses.replace(_single(f"c:{i}"), pixels=_pixels(i)) for i in range(6)]
-    with scripted_server(lambda body, n: (200, _good_reply(body), 0.08)) as log:
+    gate = threading.Event()
+    with scripted_server(_held_until(gate)) as log:
         syn = _llm(log["base_url"], max_concurrency=2)
-        # more caller threads than slots: the semaphore, not the pool size, must bound the requests in flight
+        watch = syn._slots = _SlotWatch(syn._slots)
         with concurrent.futures.ThreadPoolExecutor(5) as pool:
-            out = list(pool.map(syn.synthesize, inputs))
+            futures = [pool.submit(syn.synthesize, inp) for inp in inputs]
+            _wait_for(lambda: log["active"] > 2 or log["active"] + watch.queued == 5)
+            assert (log["active"], watch.queued) == (2, 3)
+            gate.set()
+            out = [f.result() for f in futures]
         assert log["max_active"] == 2, log["max_active"]
         many = syn.synthesize_many(inputs[:3])
     assert all(qa.backend == "llm" for qa in out + many)

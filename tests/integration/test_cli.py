@@ -11,6 +11,7 @@ import pytest
 
 from data_gen import cli as data_cli
 from medclm_jax import cli
+from medclm_jax.records import decode_example, read_tfrecord
 
 
 def test_help_lists_every_command(capsys):
@@ -57,6 +58,10 @@ def test_phantom_then_build_from_the_command_line(tmp_path, capsys):
     assert "records from" in capsys.readouterr().out
     info = json.load(open(os.path.join(out, "dataset_info.json")))
     assert info["config"]["image"]["max_side"] == 128
+    # the override took effect on the stored images, not only in the echoed config (phantom images are 512 px)
+    shard = sorted(f for f in os.listdir(out) if f.endswith(".tfrecord"))[0]
+    stored = decode_example(next(iter(read_tfrecord(os.path.join(out, shard)))))
+    assert max(stored["image/height"][0], stored["image/width"][0]) == 128
     assert info["counts"]["total"]["images_in"] == 6
     with pytest.raises(SystemExit):  # a bad override names the key
         data_cli.main(["build", "--config", f"{config}:root={raw}", "--out", out, "--set", "image.nope=1"])

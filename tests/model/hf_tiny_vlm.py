@@ -1,7 +1,9 @@
 """Tiny random Hugging Face VLMs (PaliGemma + Gemma, PaliGemma + Gemma 2, Gemma 3) built offline for tests.
 
 Shared by test_vlm_parity.py and test_convert.py. Every weight gets noise on top of HF's init so that zero-
-centred norms and zero biases cannot hide a mapping bug.
+centred norms and zero biases cannot hide a mapping bug. For decoding tests, `hf_decoding_model` redraws the
+decoder's weights with a small embedding spread: with HF's init the greedy continuation repeats one token, so a
+decoder whose new tokens ignore the KV cache would still match.
 """
 
 from __future__ import annotations
@@ -56,6 +58,39 @@ def hf_model(kind: str, seed: int = 0):
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=gen))
     return model
+
+
+def hf_decoding_model(kind: str, seed: int = 0):
+    """`hf_model` with the text decoder redrawn (embeddings 0.02, norms 0.1, matrices 0.3, as test_decode.py):
+    greedy continuations then vary from step to step and depend on the whole prompt."""
+    model = hf_model(kind, seed)
+    gen = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "language_model" in name:
+                std = 0.02 if "embed" in name else 0.1 if "norm" in name else 0.3
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def prompts(cfg, lengths, seed: int = 0) -> dict[str, np.ndarray]:
+    """Image + prompt batch for `vlm.generate` (no answer): row i has `lengths[i]` words after <bos> (Gemma 3:
+    the image placeholders after the first two words), right-padded to the longest row."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in lengths:
+        words = [int(w) for w in rng.integers(5, 290, n)]  # never a special id
+        rows.append([2, *words] if cfg.family == "paligemma"
+                    else [2, *words[:2], *vlm.image_placeholder_ids(cfg), *words[2:]])
+    t = max(len(r) for r in rows)
+    text, mask_ar, mask_loss, mask_input = (np.zeros((len(rows), t), np.int32) for _ in range(4))
+    for i, row in enumerate(rows):
+        text[i, :len(row)] = row
+        mask_input[i, :len(row)] = 1
+    if cfg.family == "gemma3":
+        mask_ar[:] = 1  # plain causal, as transformers' Gemma 3; PaliGemma: the whole prompt is prefix (0)
+    image = rng.uniform(-1, 1, (len(rows), 32, 32, 3)).astype(np.float32)
+    return {"image": image, "text": text, "mask_ar": mask_ar, "mask_loss": mask_loss, "mask_input": mask_input}
 
 
 def batch(cfg, seed: int = 0) -> dict[str, np.ndarray]:

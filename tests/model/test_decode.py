@@ -1,5 +1,5 @@
 """KV-cache decoding: against transformers ``generate``, against an uncached loop, across batching and padding,
-and the samplers on hand-made distributions.
+and the samplers on hand-made distributions, alone and over many decode steps.
 
 Tiny random models with a small embedding spread, so greedy continuations vary (with HF's or a large
 spread the residual stream repeats the last token forever, which would make the comparisons weak).
@@ -7,6 +7,7 @@ spread the residual stream repeats the last token forever, which would make the 
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,6 +178,67 @@ def test_sampler_filters_on_known_distribution():
     np.testing.assert_allclose(np.bincount(draw(temperature=0.5), minlength=4) / 4000, sharp, atol=0.03)
     with pytest.raises(ValueError):
         decode.Sampling(top_p=0.0)
+
+
+STEADY_PROBS = np.array([0.34, 0.22, 0.16, 0.11, 0.08, 0.05, 0.03, 0.01])
+
+
+def _steady_decoder():
+    """A decoder whose next-token distribution is ``STEADY_PROBS`` at every step, whatever the history.
+
+    Every weight is zero except the embeddings, ``E[v] = c_v e_0`` with ``c_v > 0``: the layers add nothing,
+    the final RMSNorm maps any ``c e_0`` to ``sqrt(D) e_0``, so the tied output projection gives logits
+    ``sqrt(D) c_v = log p_v + const``. Sampling from it over many steps is a draw of known distribution.
+    """
+    cfg = gemma.GemmaConfig(vocab_size=len(STEADY_PROBS), width=16, depth=1, mlp_dim=16, num_heads=2,
+                            num_kv_heads=1, head_dim=8)
+    dec = gemma.GemmaDecoder(cfg)
+    shapes = jax.eval_shape(dec.init, jax.random.key(0), jnp.zeros((1, 1, cfg.width)),
+                            jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1, 1), bool))
+    params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), nn.meta.unbox(shapes)['params'])
+    embedding = np.zeros((cfg.vocab_size, cfg.width), np.float32)
+    embedding[:, 0] = (np.log(STEADY_PROBS) + 10.0) / np.sqrt(cfg.width)
+    params['embedder']['embedding'] = embedding
+    return dec, {'params': params}
+
+
+def _filtered(probs, temperature, top_k=0, top_p=1.0):
+    """The distribution a sampler should draw from (HF order: temperature, top-k, top-p), by hand."""
+    q = probs ** (1.0 / temperature)
+    q /= q.sum()
+    order = np.argsort(-q)
+    keep = np.zeros(len(q), bool)
+    keep[order[:top_k or len(q)]] = True
+    q = np.where(keep, q, 0.0) / q[keep].sum()
+    mass_before = np.cumsum(q[order]) - q[order]
+    keep[order[mass_before >= top_p]] = False
+    return np.where(keep, q, 0.0) / q[keep].sum()
+
+
+@pytest.mark.parametrize('temperature,top_k,top_p,kept', [(1.0, 0, 1.0, 8), (0.7, 4, 1.0, 4), (2.0, 0, 0.75, 5)])
+def test_sampling_over_many_steps_draws_fresh_from_the_distribution(temperature, top_k, top_p, kept):
+    """16 rows x 48 steps from a constant next-token distribution: token frequencies match the filtered
+    distribution, and consecutive tokens of a row are independent (equal with probability sum q^2). A decoder
+    that reuses one key every step repeats each row's first token (consecutive-equal rate 1)."""
+    dec, params = _steady_decoder()
+    b, n = 16, 48
+    sampling = decode.Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    out = decode.generate(dec, params, np.full((b, 3), 2, np.int32), max_new_tokens=n, rng=_key(11),
+                          sampling=sampling)
+    tokens = np.asarray(out.tokens)
+    want = _filtered(STEADY_PROBS, temperature, top_k, top_p)
+    assert (want > 0).sum() == kept  # top-p after temperature: it would keep 4 tokens at T = 1, 5 at T = 2
+    freq = np.bincount(tokens.ravel(), minlength=len(want)) / tokens.size
+    sigma = np.sqrt(want * (1 - want) / tokens.size)
+    np.testing.assert_array_equal(freq[want == 0], 0)
+    assert (np.abs(freq - want) <= 4.5 * sigma).all(), (freq, want)
+    same = (tokens[:, 1:] == tokens[:, :-1]).mean()
+    p_same = (want ** 2).sum()
+    assert abs(same - p_same) <= 4.5 * np.sqrt(p_same * (1 - p_same) / tokens[:, 1:].size), (same, p_same)
+    assert len({tuple(row) for row in tokens}) == b  # rows draw independently too
+    again = decode.generate(dec, params, np.full((b, 3), 2, np.int32), max_new_tokens=n, rng=_key(11),
+                            sampling=sampling)
+    np.testing.assert_array_equal(np.asarray(again.tokens), tokens)  # a key fixes the draw
 
 
 @pytest.mark.parametrize('variant', ['gemma3', 'gemma2'])

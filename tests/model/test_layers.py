@@ -39,10 +39,14 @@ def test_dense_mixed_precision_and_jit():
     dx, dw = jax.grad(f, argnums=(0, 1))(x, w)
     assert dense(x, w, transpose_w=True, out_dtype=jnp.float32).dtype == jnp.float32
     assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
-    ref = jax.grad(lambda x, w: jnp.sum(jnp.einsum("btd,vd->btv", x.astype(jnp.float32),
-                                                   w.astype(jnp.float32)) ** 2), argnums=(0, 1))(x, w)
-    np.testing.assert_allclose(np.asarray(dx, np.float32), np.asarray(ref[0], np.float32), rtol=0.05, atol=0.5)
-    np.testing.assert_allclose(np.asarray(dw, np.float32), np.asarray(ref[1], np.float32), rtol=0.05, atol=0.5)
+    # The exact gradient at the same (bf16-valued) inputs, in float32.
+    ref = jax.grad(lambda x, w: jnp.sum(jnp.einsum("btd,vd->btv", x, w) ** 2), argnums=(0, 1))(
+        x.astype(jnp.float32), w.astype(jnp.float32))
+    # bf16 rounds the cotangent and the result (2^-8 each): measured max error 0.29% (dx) and 0.21% (dw) of the
+    # largest entry here, 0.41% worst over 20 seeds. 1.2% is 3x the worst; a gradient 2% off fails.
+    for got, want in zip((dx, dw), ref):
+        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+        assert np.abs(got - want).max() <= 0.012 * np.abs(want).max()
 
 
 def test_dense_names_mismatched_axes():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from medclm_jax.model import presets, vlm
 from medclm_jax.model import sharding as S
 
 V, D, F, H, K = 32, 16, 24, 4, 8  # vocab, width, MLP width, query heads, head dim; one KV head (MQA)
@@ -187,8 +188,6 @@ def test_tiny_vlm_fsdp_and_tensor_parallel():
     The weights are random host arrays placed with ``logical_to_sharding`` (``sharded_init`` itself is tested on
     TinyLM above: compiling the VLM's ~60 initializers costs tens of seconds on CPU).
     """
-    vlm = pytest.importorskip("medclm_jax.model.vlm")
-    presets = pytest.importorskip("medclm_jax.model.presets")
     cfg = presets.get_model_config("tiny")
     model = vlm.VLM(cfg)
     init_batch = {k: jnp.asarray(v) for k, v in vlm.dummy_batch(cfg, 1, 8).items()}

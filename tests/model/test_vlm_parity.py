@@ -110,19 +110,31 @@ def test_attention_mask_by_hand():
                                                [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], bool))
 
 
-@pytest.mark.parametrize("kind", ["paligemma", "gemma3"])
-def test_greedy_decode_matches_hf_generate(checkpoints, kind):
-    model, path = checkpoints[kind]
-    cfg, params = convert.load_hf(path, param_dtype="float32", dtype="float32")
-    full = tiny.batch(cfg)
-    n = int(full["mask_loss"][0].argmax())  # prompt length of row 0
-    prompt = {k: v[:1, :n] for k, v in full.items()}
-    prompt["image"] = full["image"][:1]
-    ours = vlm.generate(cfg, {"params": params}, prompt, max_new_tokens=5, eos_id=-1)
-    inputs = {k: torch.from_numpy(v) for k, v in vlm.hf_inputs(cfg, prompt).items()}
-    with torch.no_grad():
-        ref = model.generate(**inputs, max_new_tokens=5, do_sample=False, eos_token_id=None)
-    np.testing.assert_array_equal(np.asarray(ours.tokens)[0], ref[0, inputs["input_ids"].shape[1]:].numpy())
+N_NEW = 12
+
+
+@pytest.mark.parametrize("kind,scan", [("paligemma", False), ("paligemma2", True), ("gemma3", False)])
+def test_batched_greedy_decode_matches_hf_generate_row_by_row(tmp_path, kind, scan):
+    """Three right-padded prompts of different lengths in one batch, 12 new tokens; each row equals HF
+    ``generate`` on that row's prompt alone. Gemma 3 unrolled decodes through ring caches (window 6 < every
+    prompt); PaliGemma 2 scanned keeps full caches and masks its window (24 < prompt + answer)."""
+    model = tiny.hf_decoding_model(kind, seed=4)
+    model.save_pretrained(tmp_path)
+    cfg, params = convert.load_hf(tmp_path, param_dtype="float32", dtype="float32", scan_layers=scan)
+    batch = tiny.prompts(cfg, (2, 6, 4), seed=1)
+    lengths = batch["mask_input"].sum(axis=1)
+    assert len(set(lengths.tolist())) == 3  # padding in two rows
+    ours = vlm.generate(cfg, {"params": params}, batch, max_new_tokens=N_NEW, eos_id=())
+    for row, n in enumerate(lengths):
+        alone = {k: v[row:row + 1, :n] for k, v in batch.items() if k != "image"}
+        alone["image"] = batch["image"][row:row + 1]
+        inputs = {k: torch.from_numpy(v) for k, v in vlm.hf_inputs(cfg, alone).items()}
+        with torch.no_grad():
+            ref = model.generate(**inputs, max_new_tokens=N_NEW, do_sample=False, eos_token_id=None)
+        ref = ref[0, inputs["input_ids"].shape[1]:].numpy()
+        # A varied reference: a decoder whose new tokens ignore the cache cannot reproduce it by chance.
+        assert len(set(ref.tolist())) >= 4, (row, ref)
+        np.testing.assert_array_equal(np.asarray(ours.tokens)[row], ref, err_msg=f"{kind} row {row}")
 
 
 @pytest.mark.parametrize("name,vocab,published", [
