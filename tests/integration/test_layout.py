@@ -1,6 +1,7 @@
 """The layout's import rules (docs/design.md, "Layout"), checked on every module's source with `ast`.
 
-- medclm_jax's library packages never import data_gen; only the command that composes both halves (the demo) does.
+- medclm_jax's library packages never import data_gen; only the commands that compose both halves do
+  (`COMPOSING_COMMANDS`: the demo, and predict, which reads a user's DICOM / NIfTI / PNG with data_gen's readers).
 - nothing under medclm_jax/model/ imports medclm_jax.train.
 - medclm_jax/records/ (the record contract both halves share) imports neither jax nor data_gen nor the rest of
   medclm_jax, so data_gen workers can use it without JAX.
@@ -20,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 JAX_FAMILY = ("jax", "jaxlib", "flax", "optax", "orbax", "grain", "torch")
 # What data_gen may import from medclm_jax: modules that are free of jax.
 DATA_GEN_MAY_IMPORT = ("medclm_jax.records", "medclm_jax.config_file", "medclm_jax.cli")
-DEMO_COMMAND = "medclm_jax/commands/demo.py"
+# Command modules that compose both halves (library code never does).
+COMPOSING_COMMANDS = {"medclm_jax/commands/demo.py", "medclm_jax/commands/predict.py"}
 
 
 def _modules(package: str) -> list[str]:
@@ -76,7 +78,7 @@ def test_the_scan_finds_imports():
 
 
 def test_medclm_jax_library_never_imports_data_gen():
-    files = [f for f in _modules("medclm_jax") if f != DEMO_COMMAND]
+    files = [f for f in _modules("medclm_jax") if f not in COMPOSING_COMMANDS]
     assert _violations(files, lambda n: _under(n, "data_gen")) == []
 
 
