@@ -32,6 +32,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from data_gen import dataset_info
+from data_gen.errors import InputError
 from data_gen.synth import usage
 from data_gen.runners.shards import (DIAGNOSTICS, REJECTS_SUFFIX, SUMMARY_SUFFIX, config_digests, load_shard_rejects,
                                      load_summary, plan_shards, relative_to_roots, shard_files, shard_fingerprints,
@@ -87,7 +88,10 @@ def input_folders(cfg, items) -> list[str]:
     folders = {str(r) for r in (cfg.adapter.get("root"), cfg.masks.get("root")) if r}
     for item in items:
         folders.add(os.path.dirname(os.path.abspath(item.path)))
-        ref = resolve_mask_ref(item, cfg.masks)
+        try:
+            ref = resolve_mask_ref(item, cfg.masks)
+        except InputError:  # a ref outside masks.root is refused per image, at conversion (a counted fallback)
+            ref = None
         if ref:
             folders.add(os.path.dirname(os.path.abspath(ref)))
     return sorted({_real(f) for f in folders})

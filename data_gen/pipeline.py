@@ -93,6 +93,9 @@ def _load_masks(item: ImageItem, image: LoadedImage, cfg, result: ConvertResult)
         return segment.load_masks(item, image, settings)
     except InputError as e:
         result.stats[f"masks_fallback:{e.reason}"] += 1
+        # A diagnostic, not a lost input: the image goes on with the fallback, and the rejects list names the file.
+        result.rejects.append(Reject("masks", e.path or f"{item.source}:{result.image_id}",
+                                     f"masks_fallback:{e.reason}", str(e)[:500]))
         if settings.builtin and settings.source != "builtin":
             return segment.load_masks(item, image, dataclasses.replace(settings, source="builtin"))
         return OrganMasks(names=[], masks=np.zeros((0,) + image.pixels.shape[:2], bool), source="none")

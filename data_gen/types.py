@@ -222,7 +222,8 @@ class Reject:
 
     `item` names the file/row (never a patient identifier: use the salted image id or the file path relative to
     the dataset root); `kind` is `image` (a whole image dropped) or `lesion` (one box dropped) or `row` (an
-    annotation row that could not be parsed).
+    annotation row that could not be parsed), or `masks` (a diagnostic, not a loss: the image's mask file was
+    unusable, named with the reason, and the image went on with the fallback segmenter).
     """
 
     kind: str

@@ -26,6 +26,7 @@ import stat
 from typing import Any, Iterable, Mapping, Sequence
 
 from data_gen import splits
+from data_gen.errors import InputError
 from data_gen.pipeline import ConvertResult
 from data_gen.types import ImageItem
 from medclm_jax.records import encode_example, index_path, schema, write_shard
@@ -143,7 +144,10 @@ def shard_fingerprints(cfg, specs: list[ShardSpec]) -> dict[str, str]:
     for s in specs:
         h = hashlib.sha256(f"{base}\x1f{s.filename}".encode())
         for item in s.items:
-            mask_ref = resolve_mask_ref(item, cfg.masks)
+            try:
+                mask_ref = resolve_mask_ref(item, cfg.masks)
+            except InputError:  # refused at conversion, per image (a counted fallback)
+                mask_ref = None
             h.update(json.dumps(dataclasses.asdict(item), sort_keys=True, default=str).encode())
             h.update(f"\x1f{file_identity(item.path)}\x1f{file_identity(mask_ref) if mask_ref else '-'}\x1e".encode())
         out[s.filename] = h.hexdigest()[:32]

@@ -4,6 +4,9 @@ COCO stores a mask as run-length counts over the *column-major* flattened `[h, w
 zeros; "compressed" RLE writes those counts as a string (pycocotools' `rleToString`: 5 bits per character offset
 by 48, a continuation bit 0x20, a sign bit 0x10 on the last character, and counts after the second stored as the
 difference to the count two places back). Polygons (`[[x1, y1, x2, y2, ...], ...]`) are rasterized with Pillow.
+
+The JSON is data: any entry of the wrong type or shape, and any mask larger than `MAX_MASK_PIXELS` (a few bytes of
+RLE can declare terabytes), is an `InputError(reason='bad_mask' | 'too_large')` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_gen.errors import InputError
+from data_gen.segment.mask_files import MAX_MASK_PIXELS
 
 
 def rle_string_to_counts(s: str) -> list[int]:
@@ -70,6 +74,20 @@ def _pick_image(images: list, image_keys: Sequence[str], path: str):
                      field="images", reason="missing_masks")
 
 
+def _checked_size(h, w, path: str, field: str) -> tuple[int, int]:
+    try:
+        h, w = int(h), int(w)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"a mask size must be two integers, got {h!r} x {w!r}", path=path, field=field,
+                         reason="bad_mask") from e
+    if h <= 0 or w <= 0:
+        raise InputError(f"a mask size must be positive, got {h} x {w}", path=path, field=field, reason="bad_mask")
+    if h * w > MAX_MASK_PIXELS:
+        raise InputError(f"a {h} x {w} mask is over {MAX_MASK_PIXELS} pixels", path=path, field=field,
+                         reason="too_large")
+    return h, w
+
+
 def coco_masks(spec: dict, path: str, image_keys: Sequence[str] = (),
                shape: Optional[tuple[int, int]] = None) -> tuple[list[str], np.ndarray]:
     """COCO dict -> (category names, bool `[K, h, w]`), one mask per category present (instances merged).
@@ -80,7 +98,23 @@ def coco_masks(spec: dict, path: str, image_keys: Sequence[str] = (),
       image_keys: names the image may have in `images[].file_name` (file name or stem); not needed when the file
         holds one image.
       shape: `(h, w)` to use when neither the RLE nor the image entry gives a size (polygons only).
+
+    Raises:
+      InputError: `bad_mask` (an entry of the wrong type or shape), `too_large`, `missing_masks` (no image entry
+        matches), naming the file and the field.
     """
+    try:
+        return _coco_masks(spec, path, image_keys, shape)
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise InputError(f"not a COCO segmentation file ({type(e).__name__}: {e}); expected `images`, "
+                         "`categories` and `annotations` lists as COCO/CXAS write them", path=path,
+                         reason="bad_mask") from e
+
+
+def _coco_masks(spec: dict, path: str, image_keys: Sequence[str],
+                shape: Optional[tuple[int, int]]) -> tuple[list[str], np.ndarray]:
     images = spec.get("images") or []
     # CXAS writes `images` as a list holding a list; flatten one level.
     flat = []
@@ -96,6 +130,8 @@ def coco_masks(spec: dict, path: str, image_keys: Sequence[str] = (),
         h, w = im.get("height"), im.get("width")
     if h is None and shape is not None:
         h, w = shape
+    if h is not None:
+        h, w = _checked_size(h, w, path, "images")
     merged: dict[int, np.ndarray] = {}
     for ann in anns:
         if image_id is not None and ann.get("image_id", image_id) != image_id:
@@ -103,7 +139,7 @@ def coco_masks(spec: dict, path: str, image_keys: Sequence[str] = (),
         seg = ann.get("segmentation")
         try:
             if isinstance(seg, dict):
-                sh, sw = (int(v) for v in seg["size"])
+                sh, sw = _checked_size(*seg["size"], path, "annotations")
                 counts = seg["counts"]
                 counts = rle_string_to_counts(counts) if isinstance(counts, str) else list(counts)
                 m = rle_decode(counts, sh, sw)
@@ -113,9 +149,11 @@ def coco_masks(spec: dict, path: str, image_keys: Sequence[str] = (),
                 m = polygons_to_mask(seg, int(h), int(w))
             else:
                 continue
+        except InputError:  # a ValueError too: keep its own reason (too_large)
+            raise
         except (KeyError, ValueError, TypeError) as e:
             raise InputError(f"bad segmentation in annotation {ann.get('id')}: {e}", path=path,
-                             field="annotations", reason="bad_masks") from e
+                             field="annotations", reason="bad_mask") from e
         cid = int(ann.get("category_id", -1))
         if cid in merged and merged[cid].shape == m.shape:
             merged[cid] |= m
@@ -128,5 +166,5 @@ def coco_masks(spec: dict, path: str, image_keys: Sequence[str] = (),
     shapes = {merged[c].shape for c in order}
     if len(shapes) != 1:
         raise InputError(f"annotations of one image have different sizes {sorted(shapes)}", path=path,
-                         reason="bad_masks")
+                         reason="bad_mask")
     return [categories.get(c, f"category {c}") for c in order], np.stack([merged[c] for c in order])

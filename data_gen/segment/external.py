@@ -95,7 +95,7 @@ def run_cxas(item: ImageItem, image: LoadedImage, settings: "MaskSettings") -> s
     names = organ_names.cxas_classes()
     if seg.shape[0] != len(names):
         raise InputError(f"CXAS returned {seg.shape[0]} channels, expected {len(names)}", path=str(item.path),
-                         reason="bad_masks")
+                         reason="bad_mask")
     return sources.RawMasks(list(names), seg, "cxas_run", str(item.path))
 
 

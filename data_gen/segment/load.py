@@ -14,9 +14,17 @@ Explicit sources: png_dir | cxas_npz | totalseg_dir | totalseg_ml | labelmap | b
 cxas_run | none. A mask reference that does not exist raises `InputError(reason='missing_masks')`, masks that are
 all empty `reason='empty_masks'`; the pipeline decides whether to fall back to the built-in segmenter.
 
+Mask references are data (an annotation's `mask_ref`, a COCO image id used as the key), so a reference built from
+`masks.root` must resolve, symbolic links followed, inside `masks.root` (`reason='outside_root'`); the readers
+check every file they open (`data_gen.segment.sources`). Every failure names the file, relative to `masks.root`
+(`masks.root/<image>/liver.nii.gz`, the form the build's rejects use) when it lies there, with a countable reason:
+`missing_masks`, `empty_masks`, `outside_root`, `not_a_file`, `too_large`, `truncated_mask`, `bad_mask`, ...
+
 Every mask is resampled (nearest neighbour) to the image grid when its size differs; empty masks are dropped and
 masks whose raw names share a display name are merged (OR). `OrganMasks.source` names the reader, with
-`+resampled` appended when any mask needed resampling, so the pipeline's per-source counter also counts those.
+`+resampled` appended when any mask needed resampling, and `builtin+not_chest` when the built-in segmenter found
+no pair of lung fields on a radiograph (a limb, a lateral view: no thoracic organs, the lesions link to
+`unknown`), so the pipeline's per-source counter also counts those.
 `load_masks_with_stats` additionally returns the counts.
 
 The `masks` config section is read once into `MaskSettings`, whose fields hold its defaults.
@@ -31,6 +39,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from data_gen.errors import ConfigError, InputError
+from data_gen.paths import PathGuard
 from data_gen.segment import names as organ_names
 from data_gen.segment import sources
 from data_gen.types import ImageItem, LoadedImage, OrganMasks
@@ -91,33 +100,58 @@ def _existing(path: str) -> Optional[str]:
     return path if os.path.exists(path) else None
 
 
+def _lexically_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _root_guard(root: str) -> PathGuard:
+    return PathGuard([root], "masks.root")
+
+
 def resolve_mask_ref(item: ImageItem, cfg: Any) -> Optional[str]:
     """The item's mask file/folder: `item.mask_ref` (relative to `masks.root` when relative), else the first of
     `root/<key>`, `root/<key>.npz|.npy|.nii.gz|.nii|.json` that exists, for key in (image key, image file stem).
 
     Returns None when there is nothing to look for (no mask_ref and no root). A configured reference that does not
-    exist is returned as is (the reader raises `missing_masks` naming it).
+    exist is returned as is (the reader raises `missing_masks` naming it). An absolute `mask_ref` is the adapter's
+    (checked against the dataset root when it read the annotation) and is returned as is.
+
+    Raises:
+      InputError(reason='outside_root'): a reference built from `masks.root` that resolves outside it, symbolic
+        links followed: a relative `mask_ref` of `../x`, an existing `root/<key>...` that is a link out, or
+        image keys that all lead out (a COCO id of `../../x` and no usable file name); the same message whether
+        or not the target exists.
     """
     root = MaskSettings.from_config(cfg).root
     if item.mask_ref:
         ref = str(item.mask_ref)
         if root and not os.path.isabs(ref):
             ref = os.path.join(str(root), ref)
+            _root_guard(str(root)).check(ref, field="mask_ref")
         return ref
     if not root:
         return None
+    guard = _root_guard(str(root))
     keys: list[str] = []
     for k in (item.image_key, os.path.basename(str(item.path))):
         stem = sources.nifti_stem(k) or os.path.splitext(k)[0]
         for cand in (k, stem):
             if cand and cand not in keys:
                 keys.append(cand)
-    for key in keys:
+    # A key that names a place outside the root (an absolute image key, a COCO id of `../../x`) is no candidate;
+    # it is dropped before probing, so whether a file exists out there never changes the outcome. A candidate
+    # inside the root that is a symbolic link out of it is refused (below), not skipped.
+    base = os.path.normpath(str(root))
+    inside = [k for k in keys if _lexically_under(os.path.normpath(os.path.join(base, k)), base)]
+    if keys and not inside:
+        guard.check(os.path.join(str(root), keys[0]), field="mask_ref")  # raises outside_root
+    for key in inside:
         for suffix in ("", ".npz", ".npy", ".nii.gz", ".nii", ".json"):
             found = _existing(os.path.join(str(root), key + suffix))
             if found:
+                guard.check(found, field="mask_ref")  # root/<key>.npz may itself be a link out of the root
                 return found
-    return os.path.join(str(root), keys[0] if keys else "")
+    return os.path.join(str(root), inside[0] if inside else "")
 
 
 def infer_source(ref: str) -> str:
@@ -140,7 +174,7 @@ def infer_source(ref: str) -> str:
         raise InputError("mask reference not found; check masks.root / the item's mask_ref", path=ref,
                          reason="missing_masks")
     raise InputError("cannot tell the mask format from the name (expected a folder, .nii(.gz), .npy/.npz or "
-                     ".json); set masks.source", path=ref, reason="bad_masks")
+                     ".json); set masks.source", path=ref, reason="bad_mask")
 
 
 def _read(source: str, ref: str, item: ImageItem, image: LoadedImage) -> sources.RawMasks:
@@ -222,6 +256,32 @@ def load_masks_with_stats(item: ImageItem, image: LoadedImage, cfg: Any) -> tupl
         om, stats = to_organ_masks(raw.names, raw.masks, shape, raw.source)
         return _check_nonempty(om, stats, raw.path)
 
+    try:
+        return _load_from_files(item, image, settings, source, shape)
+    except InputError as e:
+        raise _named_under_root(e, settings.root) from e
+
+
+def _named_under_root(e: InputError, root: Optional[str]) -> InputError:
+    """`e` with its file written as `masks.root/<relative path>` when it lies under `masks.root` (the form the
+    build's rejects use), so a message never carries the machine's folders; `e` itself otherwise."""
+    if not root or not e.path:
+        return e
+    written = e.path if os.path.isabs(e.path) else os.path.join(os.getcwd(), e.path)
+    where = ", ".join(x for x in (e.path, f"field {e.field}" if e.field else "") if x)
+    message = str(e)[len(where) + 2:] if str(e).startswith(where + ": ") else str(e)
+    for folder in dict.fromkeys((str(root), os.path.abspath(os.path.expanduser(str(root))),
+                                 os.path.realpath(os.path.expanduser(str(root))))):
+        folder = folder.rstrip(os.sep)
+        for path in (e.path, written):
+            if path == folder or path.startswith(folder + os.sep):
+                named = "masks.root" + path[len(folder):]  # as written: `masks.root/../x` stays visible
+                return InputError(message.replace(e.path, named), path=named, field=e.field, reason=e.reason)
+    return e
+
+
+def _load_from_files(item: ImageItem, image: LoadedImage, settings: MaskSettings, source: str,
+                     shape: tuple[int, int]) -> tuple[OrganMasks, dict[str, int]]:
     ref = resolve_mask_ref(item, settings)
     if ref is None:
         if source == "auto":
@@ -250,9 +310,14 @@ def _check_nonempty(om: OrganMasks, stats: dict[str, int], ref: str) -> tuple[Or
 def _builtin(image: LoadedImage) -> tuple[OrganMasks, dict[str, int]]:
     from data_gen.segment import builtin
 
-    raw_names, masks = builtin.segment(image)
-    om, stats = to_organ_masks(raw_names, masks, (image.height, image.width), "builtin")
+    found = builtin.organs(image)
+    shape = (image.height, image.width)
+    masks = np.stack(found.masks) if found.masks else np.zeros((0,) + shape, bool)
+    # A note (a radiograph that is not a frontal chest) joins the source, so the pipeline's counter counts it.
+    om, stats = to_organ_masks(found.names, masks, shape, "builtin" + (f"+{found.note}" if found.note else ""))
     stats["builtin"] = 1
+    if found.note:
+        stats[found.note] = 1
     return om, stats
 
 
@@ -269,7 +334,9 @@ def load_masks(item: ImageItem, image: LoadedImage, cfg: Any) -> OrganMasks:
       built-in segmenter K may be 0 when it finds nothing (e.g. a blank image).
 
     Raises:
-      InputError: `missing_masks`, `empty_masks` or `bad_masks`, naming the file.
+      InputError: naming the file (as `masks.root/...` when under it) with a countable reason: `missing_masks`,
+        `empty_masks`, `outside_root`, `not_a_file`, `too_large`, `truncated_mask`, `bad_mask`, ... (see the
+        module docstring).
       ConfigError: an unknown `masks.source`.
     """
     return load_masks_with_stats(item, image, cfg)[0]

@@ -10,16 +10,20 @@ segmented, so the mask's key slice must go through the same transform as the ima
      `LoadedImage.col_direction == 'L'`), i.e. `display = canonical[:, :, k][::-1, ::-1].T`.
 
 Only the one slice is read (the proxy is sliced on the file's own axes), so a 117-file TotalSegmentator folder of
-full volumes costs 117 slices, not 117 volumes.
+full volumes costs 117 slices, not 117 volumes. A damaged file is an `InputError` naming it
+(`data_gen.segment.mask_files`): an uncompressed file shorter than its header declares, or a .nii.gz whose stream
+ends before the key slice, is `truncated_mask`; a slice over `MAX_MASK_PIXELS` is `too_large`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
 
 from data_gen.errors import InputError
+from data_gen.segment.mask_files import MAX_MASK_PIXELS, decoding
 
 
 def load_display_slice(path: str, slice_index: Optional[int]) -> np.ndarray:
@@ -33,21 +37,21 @@ def load_display_slice(path: str, slice_index: Optional[int]) -> np.ndarray:
       `[rows, cols]` array with the file's dtype: rows anterior -> posterior, columns patient right -> left.
 
     Raises:
-      InputError: `bad_masks` (not 3-D, unreadable), `missing_slice_index` or `slice_out_of_range`.
+      InputError: `bad_mask` (not 3-D, undecodable), `truncated_mask`, `too_large`, `missing_slice_index` or
+        `slice_out_of_range`, naming the file.
     """
     import nibabel as nib  # local: nibabel is only needed when NIfTI masks are used
 
-    try:
+    with decoding(path, "NIfTI mask"):
         img = nib.load(path)
-    except Exception as e:  # nibabel raises several types for a bad file
-        raise InputError(f"cannot read NIfTI mask: {e}", path=path, reason="bad_masks") from e
-    shape = tuple(int(s) for s in img.shape)
+        shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) == 2:
         shape = shape + (1,)
     if len(shape) != 3:
-        raise InputError(f"expected a 3-D mask volume, got shape {img.shape}", path=path, reason="bad_masks")
+        raise InputError(f"expected a 3-D mask volume, got shape {img.shape}", path=path, reason="bad_mask")
+    _check_size(img, shape, path)
 
     ornt = nib.orientations.io_orientation(img.affine)  # row a: (canonical axis of file axis a, flip +1/-1)
     file_axis_of = {int(ornt[a, 0]): a for a in range(3)}
@@ -72,7 +76,8 @@ def load_display_slice(path: str, slice_index: Optional[int]) -> np.ndarray:
     index[k_axis] = k_file
     for extra in range(3, len(index)):
         index[extra] = 0
-    plane = np.asanyarray(source[tuple(index)])  # the two remaining file axes, in file order
+    with decoding(path, "NIfTI mask"):
+        plane = np.asanyarray(source[tuple(index)])  # the two remaining file axes, in file order
 
     # Put the plane in canonical (x: towards Right, y: towards Anterior) order, then flip to display.
     if file_axis_of[0] > file_axis_of[1]:
@@ -82,6 +87,22 @@ def load_display_slice(path: str, slice_index: Optional[int]) -> np.ndarray:
     if flip_of[1]:
         plane = plane[:, ::-1]
     return np.ascontiguousarray(plane[::-1, ::-1].T)
+
+
+def _check_size(img, shape: tuple[int, int, int], path: str) -> None:
+    """A slice over `MAX_MASK_PIXELS` is refused before it is read; an uncompressed file shorter than its header
+    declares is `truncated_mask` (reading it would fail, or quietly return zeros, only for the later slices)."""
+    if shape[0] * shape[1] > MAX_MASK_PIXELS or shape[0] * shape[2] > MAX_MASK_PIXELS \
+            or shape[1] * shape[2] > MAX_MASK_PIXELS:
+        raise InputError(f"a {shape} mask volume has slices over {MAX_MASK_PIXELS} pixels", path=path,
+                         reason="too_large")
+    if path.lower().endswith(".nii"):
+        header = img.header
+        declared = int(header.get_data_offset()) + int(np.prod(shape)) * np.dtype(header.get_data_dtype()).itemsize
+        size = os.path.getsize(path)
+        if size < declared:
+            raise InputError(f"cannot read NIfTI mask: the file ends early ({size} bytes, its header declares "
+                             f"{declared}); re-export or re-copy it", path=path, reason="truncated_mask")
 
 
 def display_to_canonical(display: np.ndarray) -> np.ndarray:

@@ -13,6 +13,17 @@ Formats (what the segmenters and the authors' pipeline write):
 
 NIfTI masks are read on the key slice in display orientation (`data_gen.segment.nifti`). Resampling to the image
 grid and the display names are the caller's (`data_gen.segment.load`).
+
+Every file is checked before it is opened (`data_gen.segment.mask_files`): a regular file (a FIFO would block the
+worker for ever) of sane size; a file listed inside a mask folder, and the label map a JSON names, must resolve
+(symbolic links followed) inside that folder. Every failure to read a mask file is an `InputError` naming the file,
+with a countable reason:
+
+  missing_masks   the reference (folder or file) does not exist, or a folder holds no mask files
+  outside_root    a listed file or a JSON-named label map leads out of its folder (`..`, a symbolic link)
+  missing_file / not_a_file / too_large / unreadable   `data_gen.paths.regular_file`
+  truncated_mask  the file ends early (gzip/zip/PNG stream, or NIfTI data shorter than its header declares)
+  bad_mask        anything else the decoder refuses, or content of the wrong shape or type
 """
 
 from __future__ import annotations
@@ -26,7 +37,10 @@ import numpy as np
 from PIL import Image
 
 from data_gen.errors import InputError
+from data_gen.paths import PathGuard
 from data_gen.segment import names as organ_names
+from data_gen.segment.mask_files import (MAX_MASK_BYTES, MAX_MASK_PIXELS, decoding, folder_guard, listed_file,
+                                         require_file)
 from data_gen.segment.nifti import load_display_slice
 
 PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -65,10 +79,13 @@ def _require_dir(folder: str) -> None:
                          path=folder, reason="missing_masks")
 
 
-def _require_file(path: str) -> None:
-    if not os.path.isfile(path):
-        raise InputError("mask file not found; check masks.root / the item's mask_ref",
-                         path=path, reason="missing_masks")
+def _read_image_file(path: str, what: str, keep_values: bool = False) -> np.ndarray:
+    """A 2-D (or RGB) image file as an array; grey/palette/colour masks as "L" unless `keep_values`."""
+    with decoding(path, what):
+        with Image.open(path) as im:
+            if not keep_values and im.mode in ("1", "P", "RGB", "RGBA", "LA"):
+                im = im.convert("L")
+            return np.asarray(im)
 
 
 def _stack(masks: list[np.ndarray]) -> Union[np.ndarray, list[np.ndarray]]:
@@ -94,15 +111,13 @@ def read_png_dir(folder: str) -> RawMasks:
     if not files:
         raise InputError(f"no mask images ({', '.join(PNG_SUFFIXES)}) in the folder", path=folder,
                          reason="missing_masks")
+    guard = folder_guard(folder)
     names, masks = [], []
     for f in files:
-        p = os.path.join(folder, f)
-        try:
-            with Image.open(p) as im:
-                im = im.convert("L") if im.mode in ("1", "P", "RGB", "RGBA", "LA") else im
-                arr = np.asarray(im)
-        except OSError as e:
-            raise InputError(f"cannot read mask image: {e}", path=p, reason="bad_masks") from e
+        p = listed_file(folder, f, guard)
+        arr = _read_image_file(p, "mask image")
+        if arr.ndim not in (2, 3):
+            raise InputError(f"a mask image is one 2-D plane, got shape {arr.shape}", path=p, reason="bad_mask")
         names.append(os.path.splitext(f)[0])
         masks.append(binarize_png(arr))
     return RawMasks(names, _stack(masks), "png_dir", folder)
@@ -110,36 +125,53 @@ def read_png_dir(folder: str) -> RawMasks:
 
 def read_cxas_stack(path: str, class_names: Optional[Sequence[str]] = None) -> RawMasks:
     """CXAS npy/npz stack -> RawMasks in CXAS channel order (or the npz's own `names`)."""
-    _require_file(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read mask stack: {e}", path=path, reason="bad_masks") from e
+    require_file(path)
     names = list(class_names) if class_names is not None else None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            key = "masks" if "masks" in keys else ("arr_0" if "arr_0" in keys else (keys[0] if keys else None))
-            if key is None:
-                raise InputError("the npz holds no arrays", path=path, reason="bad_masks")
-            stack = loaded[key]
-            if "names" in keys and names is None:
-                names = [str(n) for n in loaded["names"]]
-    else:
-        stack = loaded
+    with decoding(path, "mask stack"):
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                keys = list(loaded.keys())
+                key = "masks" if "masks" in keys else ("arr_0" if "arr_0" in keys else (keys[0] if keys else None))
+                if key is None:
+                    raise InputError("the npz holds no arrays", path=path, reason="bad_mask")
+                _check_npz_member(loaded, key, path)
+                stack = loaded[key]
+                if "names" in keys and names is None:
+                    _check_npz_member(loaded, "names", path)
+                    names = [str(n) for n in loaded["names"]]
+        else:
+            stack = loaded
     if names is None:
         names = organ_names.cxas_classes()
     k = len(names)
     if stack.ndim != 3:
-        raise InputError(f"expected a [K, H, W] mask stack, got shape {stack.shape}", path=path, reason="bad_masks")
+        raise InputError(f"expected a [K, H, W] mask stack, got shape {stack.shape}", path=path, reason="bad_mask")
     if stack.shape[0] != k and stack.shape[-1] == k:
         stack = np.moveaxis(stack, -1, 0)  # channel-last stacks
     if stack.shape[0] != k:
         raise InputError(
             f"the stack has {stack.shape[0]} channels but {k} class names are known (CXAS order has 159); save "
-            "an npz with 'masks' and 'names' for other class lists", path=path, reason="bad_masks")
+            "an npz with 'masks' and 'names' for other class lists", path=path, reason="bad_mask")
     return RawMasks([str(n) for n in names], stack > 0 if stack.dtype != bool else stack,
                     "cxas_npz" if path.endswith(".npz") else "cxas_npy", path)
+
+
+def _check_npz_member(npz: "np.lib.npyio.NpzFile", key: str, path: str) -> None:
+    """Refuses an npz member whose declared array is over `MAX_MASK_BYTES` before decompressing it (a few KB of
+    zip can declare terabytes)."""
+    member = key + ".npy" if key + ".npy" in npz.zip.namelist() else key
+    with npz.zip.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:  # format 3.0 (utf-8 field names): not a mask stack numpy writes by default
+            return
+        shape, _, dtype = read_header(f)
+    n = int(np.prod(shape, dtype=np.float64)) * int(np.dtype(dtype).itemsize)
+    if n > MAX_MASK_BYTES:
+        raise InputError(f"the npz member {key!r} declares {n / 2**20:.0f} MiB ({shape}, {dtype}), over the "
+                         f"{MAX_MASK_BYTES / 2**20:.0f} MiB limit", path=path, reason="too_large")
 
 
 def read_totalseg_dir(folder: str, slice_index: Optional[int]) -> RawMasks:
@@ -148,9 +180,10 @@ def read_totalseg_dir(folder: str, slice_index: Optional[int]) -> RawMasks:
     files = sorted(f for f in os.listdir(folder) if nifti_stem(f))
     if not files:
         raise InputError("no .nii/.nii.gz masks in the folder", path=folder, reason="missing_masks")
+    guard = folder_guard(folder)
     names, masks = [], []
     for f in files:
-        plane = load_display_slice(os.path.join(folder, f), slice_index)
+        plane = load_display_slice(listed_file(folder, f, guard), slice_index)
         names.append(nifti_stem(f))
         masks.append(plane > 0)
     return RawMasks(names, _stack(masks), "totalseg_dir", folder)
@@ -164,7 +197,7 @@ def _split_labels(label_plane: np.ndarray, table: dict[int, str], path: str, sou
     for v in values.tolist():
         iv = int(v)
         if iv != v:
-            raise InputError(f"label map holds a non-integer value {v}", path=path, reason="bad_masks")
+            raise InputError(f"label map holds a non-integer value {v}", path=path, reason="bad_mask")
         names.append(table.get(iv, f"label {iv}"))
         masks.append(label_plane == v)
     h, w = label_plane.shape
@@ -175,27 +208,27 @@ def _split_labels(label_plane: np.ndarray, table: dict[int, str], path: str, sou
 def read_totalseg_ml(path: str, slice_index: Optional[int],
                      class_table: Optional[dict[int, str]] = None) -> RawMasks:
     """TotalSegmentator `--ml` multilabel NIfTI -> RawMasks via the shipped v2 `total` class table."""
-    _require_file(path)
+    require_file(path)
     plane = load_display_slice(path, slice_index)
     table = class_table if class_table is not None else organ_names.totalsegmentator_classes()
     return _split_labels(np.asarray(plane), table, path, "totalseg_ml")
 
 
 def _read_label_plane(path: str, slice_index: Optional[int]) -> np.ndarray:
-    _require_file(path)
+    require_file(path)
     if nifti_stem(os.path.basename(path)):
         return np.asarray(load_display_slice(path, slice_index))
     if path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
+        with decoding(path, "label map"):
+            arr = np.load(path, allow_pickle=False)
     else:
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im)  # palette/grey/16-bit label PNGs keep their integer values
-        except OSError as e:
-            raise InputError(f"cannot read label map: {e}", path=path, reason="bad_masks") from e
+        arr = _read_image_file(path, "label map", keep_values=True)  # palette/grey/16-bit keep their values
     if arr.ndim != 2:
         raise InputError(f"a label map is one 2-D integer image, got shape {arr.shape}", path=path,
-                         reason="bad_masks")
+                         reason="bad_mask")
+    if arr.size > MAX_MASK_PIXELS:
+        raise InputError(f"a {arr.shape} label map is over {MAX_MASK_PIXELS} pixels", path=path,
+                         reason="too_large")
     return arr
 
 
@@ -206,9 +239,9 @@ def _labels_table(labels: Union[dict, list], path: str) -> dict[int, str]:
         try:
             return {int(k): str(v) for k, v in labels.items()}
         except ValueError as e:
-            raise InputError("label keys must be integers", path=path, field="labels", reason="bad_masks") from e
+            raise InputError("label keys must be integers", path=path, field="labels", reason="bad_mask") from e
     raise InputError("'labels' must be a list or an {id: name} object", path=path, field="labels",
-                     reason="bad_masks")
+                     reason="bad_mask")
 
 
 def read_labelmap(json_path: str, slice_index: Optional[int]) -> RawMasks:
@@ -216,21 +249,21 @@ def read_labelmap(json_path: str, slice_index: Optional[int]) -> RawMasks:
     spec = _read_json(json_path)
     if "labelmap" not in spec or "labels" not in spec:
         raise InputError("a label-map JSON needs 'labelmap' (file) and 'labels' (names)", path=json_path,
-                         reason="bad_masks")
+                         reason="bad_mask")
     lm_path = os.path.join(os.path.dirname(json_path), str(spec["labelmap"]))
+    # The JSON is data: the file it names must lie beside it (or below), not anywhere on the machine.
+    PathGuard([os.path.dirname(json_path)], "the label-map JSON's folder").check(lm_path, field="labelmap")
     plane = _read_label_plane(lm_path, slice_index)
     return _split_labels(plane, _labels_table(spec["labels"], json_path), lm_path, "labelmap")
 
 
 def _read_json(path: str) -> dict:
-    _require_file(path)
-    try:
+    require_file(path)
+    with decoding(path, "mask JSON"):
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot parse JSON: {e}", path=path, reason="bad_masks") from e
     if not isinstance(spec, dict):
-        raise InputError("expected a JSON object", path=path, reason="bad_masks")
+        raise InputError("expected a JSON object", path=path, reason="bad_mask")
     return spec
 
 

@@ -346,3 +346,43 @@ def test_crop_and_sat_counts_agree_with_brute_force():
 def test_pixel_ranges_rule():
     r = link.pixel_ranges(np.array([[10.2, 5.0, 20.0, 9.5], [-4, -4, -1, -1], [199.5, 0, 250, 3]]), 100, 200)
     np.testing.assert_array_equal(r, [[5, 10, 10, 20], [0, 1, 0, 1], [0, 3, 199, 200]])
+
+
+# ---- the linking benchmark's baselines ----------------------------------------------------------------------------
+
+def _benchmark():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "data_gen.py")
+    spec = importlib.util.spec_from_file_location("bench_data_gen", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_baselines_are_one_rule_and_the_table_runs():
+    """The authors' code path (per lesion x mask) and the same rule with boxes computed once must name the same
+    organ for every lesion, edge cases included: an empty mask, a one-pixel mask at (0, 0) (their box sums to 0:
+    skipped), a box touching a mask's box only along a line, a lesion overlapping nothing."""
+    bench = _benchmark()
+    masks, names, boxes = bench.make_link_inputs(256, 40, 8, seed=3)
+    masks[5] = False
+    masks[6] = False
+    masks[6, 0, 0] = True
+    masks[7] = False
+    masks[7, 100:120, 100:120] = True
+    boxes = np.vstack([boxes, [[119, 100, 140, 110], [0, 250, 3, 255]]])
+    u8 = masks.view(np.uint8) * np.uint8(255)
+    authors = bench.authors_link(boxes, u8, names)
+    assert bench.authors_rule_once(boxes, masks, names) == authors
+    assert authors[-1] == "unknown"
+    # The rule's known flaw, by hand: a rib band whose box matches the lesion beats the lung holding it.
+    m = np.zeros((2, 200, 200), bool)
+    m[0, 20:180, 20:100] = True  # right lung
+    m[1, 60:70, 30:90] = True  # a rib shadow across it
+    lesion = np.array([[30.0, 55.0, 90.0, 75.0]])
+    assert bench.authors_link(lesion, m.view(np.uint8) * np.uint8(255), ["lung right", "rib 4 right"]) \
+        == ["rib 4 right"]
+    rows = bench.bench_link(size=128, n_masks=20, n_lesions=3, images=1, repeats=1, warmup=0)
+    assert [r["linker"] for r in rows][0].startswith("authors'") and all(r["ms_per_image"] > 0 for r in rows)

@@ -117,6 +117,9 @@ def test_missing_or_empty_masks_fall_back_to_the_builtin_segmenter(radiograph, t
     item = _item(path, [box], mask_ref=str(ref))
     result = convert_image(item, _cfg(tmp_path), VOCAB)
     assert result.stats[f"masks_fallback:{masks}_masks"] == 1 and result.stats["masks_source:builtin"] == 1
+    # the diagnostics name the mask reference and the reason; the image itself is not lost
+    (note,) = [r for r in result.rejects if r.kind == "masks"]
+    assert note.reason == f"masks_fallback:{masks}_masks" and result.written
     (record,) = result.examples
     # The phantom drew the nodule in one lung; the built-in segmenter's lung (or a zone of it) must host it.
     side = next(s for s in ("right lung", "left lung") if organs[s][box[1]:box[3], box[0]:box[2]].any())

@@ -214,7 +214,7 @@ def test_npz_with_names_and_bad_channel_count(tmp_path):
     np.save(tmp_path / "d.npy", np.zeros((7, H, W), bool))
     with pytest.raises(InputError) as e:
         load_masks(_item(str(tmp_path / "d.npy")), _image(), {})
-    assert e.value.reason == "bad_masks" and "159" in str(e.value)
+    assert e.value.reason == "bad_mask" and "159" in str(e.value)
 
 
 # ---- NIfTI -------------------------------------------------------------------------------------------------------
