@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.server
 import io
 import json
 import os
 import shutil
 import socket
-import threading
 
 import numpy as np
 import pydicom
 import pytest
+from local_http import JSONHandler, serve
 from PIL import Image
 from pydicom.uid import SecondaryCaptureImageStorage
 
@@ -267,35 +266,17 @@ def openai_server(models=("m",), models_status=200):
     Yields a log with the base_url and every chat request body."""
     log = {"bodies": []}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _send(self, status, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JSONHandler):
         def do_GET(self):
-            self._send(models_status, {"object": "list", "data": [{"id": m} for m in models]})
+            self.send_json(models_status, {"object": "list", "data": [{"id": m} for m in models]})
 
         def do_POST(self):
             log["bodies"].append(self.rfile.read(int(self.headers["Content-Length"])).decode())
-            self._send(200, {"choices": [{"message": {"content": "Question: Is it? | Answer: yes"}}]})
+            self.send_json(200, {"choices": [{"message": {"content": "Question: Is it? | Answer: yes"}}]})
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    log["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with serve(Handler) as base_url:
+        log["base_url"] = base_url
         yield log
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _llm(base_url, **llm):

@@ -20,6 +20,7 @@ import time
 import ml_collections
 import numpy as np
 import pytest
+from local_http import JSONHandler, serve
 from PIL import Image
 
 from data_gen import synth
@@ -349,10 +350,7 @@ def scripted_server(responder):
     log = {"bodies": [], "headers": [], "active": 0, "max_active": 0}
     lock = threading.Lock()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
+    class Handler(JSONHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with lock:
@@ -365,30 +363,18 @@ def scripted_server(responder):
                 assert self.path == "/v1/chat/completions", self.path
                 status, content, delay = responder(body, n)
                 time.sleep(delay)
-                data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
-                                  if status == 200 else {"error": "scripted failure"}).encode()
+                payload = ({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+                           if status == 200 else {"error": "scripted failure"})
             finally:
                 # Uncounted before the reply goes out: a client that has its reply (and frees its slot for the
                 # next request) must never be seen in flight together with that next request.
                 with lock:
                     log["active"] -= 1
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_json(status, payload)
 
-    server = _Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    log["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with serve(Handler, _Server) as base_url:
+        log["base_url"] = base_url
         yield log
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-        assert not thread.is_alive()
 
 
 def _good_reply(body):
