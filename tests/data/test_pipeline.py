@@ -18,10 +18,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+from phantom_dataset import build_dataset, record_texts
 
-from data_gen import phantom
-from data_gen.build import run_build
-from medclm_jax.config_file import load_config
 from medclm_jax.data import batch as batch_lib
 from medclm_jax.data import pipeline, plan, prompts, views
 from medclm_jax.data.assemble import Preprocess, TrainBatches
@@ -31,7 +29,6 @@ from medclm_jax.model import tokenizer as T
 from medclm_jax.records import RecordError, schema
 from medclm_jax.train import curriculum
 
-PHANTOM_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "data", "phantom.py")
 MAX_LEN = 160
 FAST = dict(min_easy_steps=0, max_easy_steps=2, medium_ramp_steps=2, max_medium_steps=3, plateau_window=2,
             hard_start=0.4, hard_max=0.5, medium_floor=0.2, easy_floor=0.1)  # adaptive reaches Hard by step ~5
@@ -39,12 +36,7 @@ FAST = dict(min_easy_steps=0, max_easy_steps=2, medium_ramp_steps=2, max_medium_
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    raw = str(tmp_path_factory.mktemp("pipeline_raw"))
-    phantom.write_phantom(raw, 24, seed=3)
-    out = str(tmp_path_factory.mktemp("pipeline_built"))
-    run_build(load_config(f"{PHANTOM_CONFIG}:root={raw}", ["write.records_per_shard=6"]), out, workers=1,
-              progress=False)
-    return out
+    return build_dataset(tmp_path_factory, "pipeline", 24)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def records(build):
 
 @pytest.fixture(scope="module")
 def pre(build, records, tmp_path_factory):
-    texts = [r[k][0].decode() for r in records for k in r if k.endswith(("question", "cot", "answer"))]
+    texts = record_texts(records)
     tok = T.train_tokenizer(iter(texts), vocab_size=2048, out_dir=tmp_path_factory.mktemp("pipeline_tok"))
     cfg = presets.get_model_config("tiny")
     settings = prompts.settings_for_model(cfg, tok, max_len=MAX_LEN, pretrained=False)

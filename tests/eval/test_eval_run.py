@@ -17,13 +17,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from phantom_dataset import build_dataset, record_texts
 from PIL import Image
 
-from data_gen import phantom
-from data_gen.build import run_build
 from medclm_jax import cli
 from medclm_jax.commands import eval as eval_cmd
-from medclm_jax.config_file import load_config
 from medclm_jax.data.source import RecordSource
 from medclm_jax.data.targets import normalize_text
 from medclm_jax.eval import run
@@ -33,7 +31,6 @@ from medclm_jax.model import checkpoint, presets, vlm
 from medclm_jax.model import tokenizer as T
 from medclm_jax.records import schema
 
-PHANTOM_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "data", "phantom.py")
 FAST = ["--max-new-tokens", "10", "--no-progress"]
 
 
@@ -52,12 +49,7 @@ def tiny_checkpoint(out_dir, texts, tok_dir, seed=0):
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    raw = str(tmp_path_factory.mktemp("eval_raw"))
-    phantom.write_phantom(raw, 8, seed=3)
-    out = str(tmp_path_factory.mktemp("eval_built"))
-    run_build(load_config(f"{PHANTOM_CONFIG}:root={raw}", ["write.records_per_shard=6"]), out, workers=1,
-              progress=False)
-    return out
+    return build_dataset(tmp_path_factory, "eval", 8)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +60,7 @@ def records(build):
 
 @pytest.fixture(scope="module")
 def ckpt(records, tmp_path_factory):
-    texts = [r[k][0].decode() for r in records for k in r if k.endswith(("question", "cot", "answer"))]
+    texts = record_texts(records)
     return tiny_checkpoint(tmp_path_factory.mktemp("eval_ckpt") / "ckpt", texts, tmp_path_factory.mktemp("eval_tok"))
 
 
