@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean mutation
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/data_gen.py
+
+# Mutation testing (slow, not part of `make test`): mutmut over the modules in pyproject's [tool.mutmut], each
+# mutant against that module's tests; the copy lives in mutants/ (git-ignored). Survivors and the equivalent ones:
+# benchmarks/results/mutation.md. MUTANTS='data_gen.link*' limits a run to one module's mutants.
+mutation: $(STAMP)
+	$(PY) -m pip install -q -e '.[mutation]'
+	$(VENV)/bin/mutmut run --max-children $${JOBS:-2} $(MUTANTS)
+	$(VENV)/bin/mutmut results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

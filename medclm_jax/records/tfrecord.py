@@ -98,10 +98,13 @@ def _read_frame(f: BinaryIO, path: str, offset: int, verify: bool) -> bytes | No
         raise RecordError(f"length CRC mismatch in the record at byte offset {offset} (stored {length_crc:#010x}, "
                          f"computed {masked_crc32c(length_bytes):#010x}); the file is corrupt: rewrite it",
                          path=path, offset=offset, reason="tfrecord_crc")
-    body = f.read(length + FOOTER_BYTES)
+    # Check the length against what the file holds before reading: a corrupt length read without CRC checks
+    # (`verify=False`) must be a truncation error, not an attempt to allocate up to 2**64 bytes.
+    left = os.fstat(f.fileno()).st_size - (offset + HEADER_BYTES)
+    body = f.read(length + FOOTER_BYTES) if length + FOOTER_BYTES <= left else b""
     if len(body) < length + FOOTER_BYTES:
         raise RecordError(f"truncated record at byte offset {offset}: header says {length} data bytes + "
-                         f"{FOOTER_BYTES} CRC bytes, only {len(body)} left; the shard was cut short: rewrite it",
+                         f"{FOOTER_BYTES} CRC bytes, only {max(0, left)} left; the shard was cut short: rewrite it",
                          path=path, offset=offset, reason="tfrecord_truncated")
     data = body[:length]
     if verify:

@@ -386,3 +386,34 @@ def test_benchmark_baselines_are_one_rule_and_the_table_runs():
         == ["rib 4 right"]
     rows = bench.bench_link(size=128, n_masks=20, n_lesions=3, images=1, repeats=1, warmup=0)
     assert [r["linker"] for r in rows][0].startswith("authors'") and all(r["ms_per_image"] > 0 for r in rows)
+
+
+# mutation-testing gaps (mutmut survivors, see benchmarks/results/mutation.md) ---------------------------------
+
+def test_pixel_ranges_clip_to_the_image_and_keep_one_pixel():
+    h, w = 10, 20
+    got = link.pixel_ranges(np.array([[w - 0.5, h - 0.5, w + 3, h + 3],      # past the far corner
+                                      [-5, -5, -1, -1],                      # before the near corner
+                                      [1.2, 2.7, 4.1, 2.9]]), h, w)          # under one pixel tall
+    assert got.dtype == np.int64
+    assert got.tolist() == [[h - 1, h, w - 1, w], [0, 1, 0, 1], [2, 3, 1, 5]]
+
+
+@pytest.mark.parametrize("layout", ["bool", "uint8", "strided_bool"])
+def test_box_mask_counts_every_method_and_layout_equals_brute_force(layout):
+    rng = np.random.default_rng(7)
+    k, h, w = 3, 13, 41
+    base = rng.random((k, h, 2 * w)) < 0.4
+    masks = {"bool": np.ascontiguousarray(base[:, :, :w]), "uint8": base[:, :, :w].astype(np.uint8),
+             "strided_bool": base[:, :, ::2]}[layout]
+    assert masks.shape == (k, h, w)
+    # widths around the 8-aligned popcount middle: none, exactly 8, more, unaligned both ends, the full row
+    ranges = np.array([[0, h, 0, w], [2, 9, 8, 16], [1, 5, 3, 11], [0, 13, 7, 33], [4, 5, 1, 4], [3, 12, 5, 40],
+                       [0, 1, 16, 24]], np.int64)
+    want = np.array([[masks[j, r0:r1, c0:c1].astype(np.int64).sum() for j in range(k)]
+                     for r0, r1, c0, c1 in ranges.tolist()], np.int64)
+    for method in ("crop", "sat", "auto"):
+        got = link.box_mask_counts(masks, ranges, method)
+        assert got.dtype == np.int64 and got.tolist() == want.tolist(), method
+    empty = link.box_mask_counts(masks, np.zeros((0, 4), np.int64))
+    assert empty.shape == (0, k) and empty.dtype == np.int64

@@ -132,3 +132,53 @@ def test_strict_summarize():
     assert out["closed_accuracy"] == 100.0 and out["n"] == 2
     assert out["token_recall"] == 100.0 and out["token_precision"] == pytest.approx(75.0)
     assert out["exact_match"] == 50.0
+
+
+# mutation-testing gaps (mutmut survivors, see benchmarks/results/mutation.md) ---------------------------------
+
+def test_punctuation_beside_a_space_on_one_side_only_is_deleted_everywhere():
+    # "- " alone (no " -") and " -" alone each switch "-" to deletion for the whole string (quirk 1).
+    assert llava_med.normalize_word("ab-cd ef- gh") == "abcd ef gh"
+    assert llava_med.normalize_word("ab-cd ef -gh") == "abcd ef gh"
+    assert llava_med.normalize_word("ab-cd ef-gh") == "ab cd ef gh"   # neither: a space
+
+
+def test_f1_is_the_harmonic_mean_when_precision_is_below_one():
+    f1, p, r = llava_med.token_prf("lung heart", "lung")
+    assert (p, r) == (0.5, 1.0) and f1 == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+
+
+def test_case_folding_is_lower_not_upper():
+    # "ß".upper() == "SS" but "ß".lower() == "ß": lower-casing keeps "straße" and "strasse" apart, as released.
+    assert llava_med.token_prf("straße", "strasse") == (0.0, 0.0, 0.0)
+    assert llava_med.open_recall("straße", "strasse") == 0.0
+    assert llava_med.open_recall("strasse", "straße") == 0.0
+    assert llava_med.closed_hit("no straße", "strasse") == 0.0
+    assert llava_med.closed_hit("no strasse", "straße") == 0.0
+    assert llava_med.question_scores("straße", "strasse", "OPEN")["open_recall"] == 0.0
+    assert llava_med.question_scores("strasse", "straße", "OPEN")["open_recall"] == 0.0
+
+
+def test_question_scores_and_summarize_fill_every_column():
+    per = [llava_med.question_scores("lung lung lung", "left lung", "OPEN"),  # p 1,   r 0.75, em 1/3
+           llava_med.question_scores("lung heart", "lung", "OPEN"),           # p 0.5, r 1,    em 1/2
+           llava_med.question_scores("no", "no", "CLOSED")]
+    assert set(per[0]) == {"open_recall", "f1", "precision", "exact_match"}
+    assert per[1] == pytest.approx({"open_recall": 1.0, "f1": 2 / 3, "precision": 0.5, "exact_match": 0.5})
+    out = llava_med.summarize(per)
+    assert out == pytest.approx({
+        "open_recall": 87.5, "closed_accuracy": 100.0,
+        "f1": 100.0 * (2 * 0.75 / 1.75 + 2 / 3) / 2, "precision": 75.0, "exact_match": 100.0 * (1 / 3 + 1 / 2) / 2,
+        "n_open": 2, "n_closed": 1})
+
+
+def test_summarize_counts_a_missing_column_as_zero():
+    out = llava_med.summarize([{"open_recall": 1.0}])
+    assert (out["open_recall"], out["f1"], out["precision"], out["exact_match"]) == (100.0, 0.0, 0.0, 0.0)
+
+
+def test_score_on_aligned_lists_is_summarize_of_question_scores():
+    preds, answers, types = ["lung heart", "no", "x"], ["lung", "no", "x"], ["OPEN", "CLOSED", "other"]
+    expected = llava_med.summarize(llava_med.question_scores(p, a, t) for p, a, t in zip(preds, answers, types))
+    assert llava_med.score(preds, answers, types) == expected
+    assert expected["n_open"] == 1 and expected["closed_accuracy"] == 100.0

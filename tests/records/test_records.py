@@ -351,3 +351,95 @@ def test_bad_or_missing_index(tmp_path):
         read_index(info.path)
     assert e.value.reason == "missing_index"
     assert list_shards(str(tmp_path), "train") == []  # a shard without its index is not finished
+
+
+# mutation-testing gaps (mutmut survivors, see benchmarks/results/mutation.md) ---------------------------------
+
+from medclm_jax.records import iter_tfrecord_frames  # noqa: E402
+
+
+def test_writer_counts_records_and_refuses_writes_after_close(tmp_path):
+    path = tmp_path / "n.tfrecord"
+    w = TFRecordWriter(str(path))
+    assert (w.num_records, w.offset) == (0, 0)
+    w.write(b"ab")
+    w.write(b"")
+    assert (w.num_records, w.offset) == (2, 16 + 2 + 16)
+    w.close()
+    with pytest.raises(ValueError, match="write after close") as e:
+        w.write(b"x")
+    assert str(path) in str(e.value)
+
+
+def test_flush_reaches_the_file_and_fsync_only_on_request(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    path = tmp_path / "f.tfrecord"
+    w = TFRecordWriter(str(path))
+    w.write(b"abc")
+    w.flush()
+    assert path.read_bytes() == frame_record(b"abc") and synced == []   # flushed, not fsynced, by default
+    w.flush(fsync=True)
+    assert len(synced) == 1
+    w.close()
+    assert len(synced) == 1                                               # close() does not fsync by default
+    w2 = TFRecordWriter(str(tmp_path / "g.tfrecord"))
+    w2.write(b"abc")
+    w2.close(fsync=True)
+    assert len(synced) == 2
+    w2.close(fsync=True)                                                  # a second close is a no-op
+    assert len(synced) == 2
+
+
+def test_errors_carry_path_offset_and_reason_as_attributes(tmp_path):
+    path = tmp_path / "e.tfrecord"
+    placed = _write(path, _records(3))
+    good = path.read_bytes()
+    o1, o2 = placed[1][0], placed[2][0]
+
+    def error(fn):
+        with pytest.raises(RecordError) as e:
+            fn()
+        return e.value
+
+    raw = bytearray(good)
+    raw[o1] ^= 0x01                                                       # length field of record 1
+    path.write_bytes(bytes(raw))
+    e = error(lambda: list(read_tfrecord(str(path))))
+    assert (e.path, e.offset, e.reason) == (str(path), o1, "tfrecord_crc")
+    raw = bytearray(good)
+    raw[o1 + 12] ^= 0x01                                                  # data of record 1
+    path.write_bytes(bytes(raw))
+    e = error(lambda: list(read_tfrecord(str(path))))
+    assert (e.path, e.offset, e.reason) == (str(path), o1, "tfrecord_crc")
+    e = error(lambda: read_record_at(str(path), o1))
+    assert (e.path, e.offset, e.reason) == (str(path), o1, "tfrecord_crc") and str(path) in str(e)
+    e = error(lambda: list(iter_tfrecord_frames(str(path))))              # verifies by default
+    assert e.reason == "tfrecord_crc"
+
+    path.write_bytes(good[:o2 + 5])                                       # inside record 2's header
+    e = error(lambda: list(read_tfrecord(str(path), verify=False)))
+    assert (e.path, e.offset, e.reason) == (str(path), o2, "tfrecord_truncated")
+    assert "(5 of 12 bytes); the shard was cut short: rewrite it" in str(e)
+    path.write_bytes(good[:-2])                                           # inside record 2's footer
+    e = error(lambda: list(read_tfrecord(str(path), verify=False)))
+    assert (e.path, e.offset, e.reason) == (str(path), o2, "tfrecord_truncated")
+
+    path.write_bytes(good)
+    for bad in (len(good), len(good) + 10, -1):                           # the end of the file is outside it too
+        e = error(lambda: read_record_at(str(path), bad))
+        assert (e.path, e.offset, e.reason) == (str(path), bad, "tfrecord_offset")
+        assert "does not belong to this shard: rewrite the shard" in str(e)
+
+
+@pytest.mark.parametrize("length", [2 ** 40, 2 ** 63 + 5])
+def test_a_huge_corrupt_length_read_without_crc_checks_is_a_truncation_not_an_allocation(tmp_path, length):
+    path = tmp_path / "a.tfrecord"
+    with TFRecordWriter(str(path)) as w:
+        w.write(b"payload")
+    blob = bytearray(path.read_bytes())
+    blob[:8] = struct.pack("<Q", length)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(RecordError) as e:
+        list(read_tfrecord(str(path), verify=False))
+    assert e.value.reason == "tfrecord_truncated" and e.value.offset == 0
