@@ -5,6 +5,13 @@ On disk::
     WORKDIR/<step>/params, opt_state   StandardSave (sharded arrays written by every host in parallel)
     WORKDIR/<step>/state               JsonSave: curriculum scheduler, data-iterator position, RNG seeds, ...
 
+`save_train_state` / `restore_train_state` put a whole `train.state.TrainState` there: params and opt_state as
+items, its `step` as the checkpoint's step and its `rng` in the JSON state (`TRAIN_RNG`). `restore_newest` tries
+the kept steps newest first and reports (and skips, then moves aside) one that fails to restore.
+
+Async saves copy the arrays to host memory before `save` returns (Orbax's default synchronous device-to-host
+transfer), so the trainer may donate the saved state's buffers to the next step at once.
+
 Restores go straight into the requested shardings by the rule of ``medclm_jax.model.checkpoint.with_shardings``
 (that module owns the model checkpoint: the weights a run starts from or exports).
 """
@@ -12,15 +19,23 @@ Restores go straight into the requested shardings by the rule of ``medclm_jax.mo
 from __future__ import annotations
 
 import base64
+import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from medclm_jax.model.checkpoint import PARAMS, with_shardings
+from medclm_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
 
 OPT_STATE, STATE = "opt_state", "state"
+TRAIN_RNG = "train_rng"  # the JSON state's key for TrainState.rng (uint32 key data)
 _BYTES_TAG = "__bytes_b64__"
 
 
@@ -122,6 +137,74 @@ class TrainCheckpoints:
         return {"step": int(step), "params": restored[PARAMS],
                 "opt_state": restored[OPT_STATE] if abstract_opt_state is not None else None,
                 "state": _from_json(restored[STATE] or {})}
+
+    def save_train_state(self, state: TrainState, json_state: Mapping[str, Any] | None = None, *,
+                         force: bool = False) -> bool:
+        """Starts saving a whole `TrainState` (at its own `step`) with `json_state`; see :meth:`save`."""
+        rng = np.asarray(jax.device_get(state.rng)).astype(np.uint32).tolist()
+        return self.save(int(jax.device_get(state.step)), state.params, state.opt_state,
+                         {**dict(json_state or {}), TRAIN_RNG: rng}, force=force)
+
+    def restore_train_state(self, abstract: TrainState, shardings: TrainState, step: int | None = None
+                            ) -> tuple[TrainState, dict[str, Any]]:
+        """(the `TrainState` of `step` (default: the latest) in `shardings`, the rest of its JSON state).
+
+        Args:
+          abstract, shardings: the state's shapes and shardings (`train.step.state_layout`).
+        """
+        r = self.restore(step, abstract_params=abstract.params, abstract_opt_state=abstract.opt_state,
+                         params_shardings=shardings.params, opt_state_shardings=shardings.opt_state)
+        extra = dict(r["state"])
+        if TRAIN_RNG not in extra:
+            raise ValueError(f"{self.directory}/{r['step']}: no {TRAIN_RNG!r} in the JSON state; not written by "
+                             "save_train_state")
+        rng = np.asarray(extra.pop(TRAIN_RNG), np.uint32)
+        state = TrainState(step=jax.device_put(np.int32(r["step"]), shardings.step), params=r["params"],
+                           opt_state=r["opt_state"], rng=jax.device_put(rng, shardings.rng))
+        return state, extra
+
+    def restore_newest(self, abstract: TrainState, shardings: TrainState, *, move_aside: bool = True
+                       ) -> tuple[TrainState, dict[str, Any]] | None:
+        """The newest kept step that restores (`restore_train_state`); None when no step is kept.
+
+        A step that fails (a truncated or corrupt write) is logged with its error and the one before it is tried.
+        Once an older step restores, which shows that the state's structure fits, the newer ones that failed are
+        broken: with `move_aside` they are moved to `<step>.unrestorable-<unix time>` (kept for inspection; the
+        run writes those steps again).
+
+        Raises:
+          ValueError: steps are kept but none restores (typically a config that builds another state: a different
+            model, optimizer or frozen groups); nothing is moved.
+        """
+        failed: list[tuple[int, str]] = []
+        for step in reversed(self.all_steps()):
+            try:
+                restored = self.restore_train_state(abstract, shardings, step)
+            except Exception as e:  # pylint: disable=broad-except  # Orbax/tensorstore raise many kinds
+                why = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                log.warning("%s: checkpoint of step %d does not restore (%s); trying the one before it",
+                            self.directory, step, why)
+                failed.append((step, why))
+                continue
+            for bad, _ in failed if move_aside else ():
+                self._move_aside(bad, os.path.join(self.directory, f"{bad}.unrestorable-{int(time.time())}"))
+            return restored
+        if failed:
+            raise ValueError(f"{self.directory}: no kept checkpoint restores into this config's train state "
+                             f"(newest, step {failed[0][0]}: {failed[0][1]}); was the model, optimizer or a frozen "
+                             "group changed? Use another workdir for another config")
+        return None
+
+    def _move_aside(self, step: int, target: str) -> None:
+        log.warning("%s: moved the checkpoint of step %d, which does not restore, to %s", self.directory, step,
+                    target)
+        if jax.process_index() == 0:
+            os.replace(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+            multihost_utils.sync_global_devices(f"unrestorable {step}")
+        self._manager.reload()
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None for a fresh run."""
