@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The model benchmark's one prepared GPU run (a lent H200, or any CUDA box with jax[cuda], torch, transformers):
-# paligemma_3b_224, bf16 compute, random init; ours against HF PyTorch (bf16 autocast) at batch 16, then ours
-# alone at batch 32 (remat "minimal": without remat, batch 32 asked for 96 GiB of temporaries and ran out of
-# memory), and medgemma_4b (896 px: 4096 patches per image) at batch 8 against HF; then the GPU-only tests.
+# paligemma_3b_224, bf16 compute, random init; ours against HF PyTorch (bf16 autocast) at batch 16, each on one
+# GPU with the LM head at the text positions only (HF: logits_to_keep), then ours alone at batch 32 (remat
+# "minimal": without remat, batch 32 asked for 96 GiB of temporaries and ran out of memory), and medgemma_4b
+# (896 px: 4096 patches per image) at batch 8 against HF; then the GPU-only tests.
+# On a host with several GPUs, add --all-devices to a run for a separate row of ours sharded over all of them.
 # Logs and JSON go to $OUT (default /tmp/medclm-device); benchmarks/results/ keeps an H200 run's JSON.
 #   bash benchmarks/device_model.sh
 set -u

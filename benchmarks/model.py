@@ -13,21 +13,35 @@ printed as a check), and measures at the same batch and length:
   torch, and the step time the model's FLOPs would take at the better of the two. ``HF s/step`` over that
   floor is the largest speed-up any implementation could show over HF on this machine.
 
-Ours and HF are timed interleaved (``ours, HF, ours, HF, ...``; medians), so noise from other work on a
-shared machine falls on both. ``--sweep 1,2,8`` adds a table of fwd+bwd at several batch sizes.
+Both sides do the same work: the same weights, batch, dtype and loss, and the language-model head at the same
+positions. Our model computes logits only at the ``text`` positions (``VLM.__call__``), so HF is called with
+``logits_to_keep`` = the text length; without it HF also projects PaliGemma's image prefix onto the vocabulary,
+which the loss never reads (+14% training FLOPs for ``paligemma_3b_224`` at 128 text tokens). Both are warmed
+up the same way (a first call: our compile, HF's warm-up step; then one untimed call each) and timed
+interleaved (``ours, HF, ours, HF, ...``; medians), so noise from other work on a shared machine falls on both.
+``--sweep 1,2,8`` adds a table of fwd+bwd at several batch sizes. On a machine shared with other work, pin the
+run to one core (``taskset -c 1 python benchmarks/model.py``): both sides then run single-threaded (torch and
+XLA size their thread pools from the affinity mask), where with two threads on busy cores torch's per-op thread
+barriers stall whenever another process holds a core, and its times swing widely between runs
+(``benchmarks/results/notes.md``).
 
-GPU mode (``--gpu``) runs ``paligemma_3b_224`` (random init, sharded init on all local devices, bf16 compute)
-and reports forward+backward tokens/s and MFU against ``--peak-flops`` per device (default: H200 bf16 dense
-989 TFLOP/s), plus cached decoding tokens/s. Unless ``--no-hf``, it first runs the same model in HF PyTorch
-(fp32 params, bf16 autocast) in a child process and prints the two side by side. ``benchmarks/device_model.sh``
-is the prepared GPU run; ``benchmarks/results/`` keeps the JSON of one on an H200. torch is never imported by
-the package itself (this script is not production code).
+GPU mode (``--gpu``) runs ``paligemma_3b_224`` (random init, bf16 compute) on one device, as HF does, and
+reports forward+backward tokens/s and MFU against ``--peak-flops`` per device (default: H200 bf16 dense 989
+TFLOP/s), plus cached decoding tokens/s. Unless ``--no-hf``, it first runs the same model in HF PyTorch (fp32
+params, bf16 autocast, one GPU) in a child process and prints the two side by side. ``--all-devices`` adds a
+separate row of ours sharded (FSDP) over every local device, the same global batch; it is not compared with
+HF. Memory rows say what each side measures: XLA's compiled temporaries (activations and scratch; no params or
+gradients), and the allocator's peak on each side (JAX ``peak_bytes_in_use``, torch ``max_memory_allocated``,
+both including params and gradients). ``benchmarks/device_model.sh`` is the prepared GPU run;
+``benchmarks/results/`` keeps the JSON of runs on an H200. torch is never imported by the package itself (this
+script is not production code).
 
 Usage::
 
     python benchmarks/model.py                       # CPU table, small preset
     python benchmarks/model.py --sweep 1,2,8         # plus fwd+bwd by batch size
     python benchmarks/model.py --gpu --batch 16 --text-len 128
+    python benchmarks/model.py --gpu --all-devices   # plus ours sharded over every local GPU
 """
 
 from __future__ import annotations
@@ -103,14 +117,18 @@ def loss_fn(model: vlm.VLM, params: Any, batch: dict[str, Any]) -> jax.Array:
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def time_calls(fn, steps: int) -> float:
+def time_calls(fn, steps: int, warmup: int = 1) -> float:
     """Median seconds per call of ``fn`` (which must block until its result is ready)."""
-    return time_interleaved({"fn": fn}, steps)["fn"]
+    return time_interleaved({"fn": fn}, steps, warmup)["fn"]
 
 
-def time_interleaved(fns: dict[str, Any], steps: int) -> dict[str, float]:
+def time_interleaved(fns: dict[str, Any], steps: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per call of each function, called round-robin (``a b a b ...``) so that noise from
-    other work on the machine falls on all of them alike rather than on whichever ran during it."""
+    other work on the machine falls on all of them alike rather than on whichever ran during it; each is
+    first called ``warmup`` times untimed (the same for every side)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(steps):
         for name, fn in fns.items():
@@ -129,7 +147,7 @@ def ours_train_step(model: vlm.VLM, params: Any, batch: dict[str, Any]) -> tuple
     info["loss"] = float(jax.block_until_ready(compiled(params, batch))[0])  # first run: allocations
     memory = compiled.memory_analysis()
     if memory is not None and getattr(memory, "temp_size_in_bytes", None) is not None:
-        info["temp_gib"] = memory.temp_size_in_bytes / 2**30
+        info["temp_gib"] = memory.temp_size_in_bytes / 2**30  # activations and scratch; no params, no grads
     return (lambda: jax.block_until_ready(compiled(params, batch))), info
 
 
@@ -203,10 +221,14 @@ def params_from_hf(cfg: vlm.VLMConfig, model) -> Any:
     return jax.tree.map(jnp.asarray, convert.hf_to_vlm_params(state.__getitem__, list(state), cfg))
 
 
-def hf_train_step(model, inputs: dict[str, Any], batch: dict[str, np.ndarray], prefix: int,
-                  device: str = "cpu", autocast: Any = None) -> tuple[Any, dict[str, float]]:
+def hf_train_step(model, inputs: dict[str, Any], batch: dict[str, np.ndarray], device: str = "cpu",
+                  autocast: Any = None) -> tuple[Any, dict[str, float]]:
     """HF's forward+backward (same loss as ``loss_fn``) as a zero-argument step that waits for the device,
-    and its first step's time; ``autocast`` (e.g. ``torch.bfloat16``) runs the forward under torch autocast."""
+    and its first step's time; ``autocast`` (e.g. ``torch.bfloat16``) runs the forward under torch autocast.
+
+    ``logits_to_keep`` = the text length: HF applies the LM head only at the last ``T`` positions, the ``text``
+    positions where ours computes logits (PaliGemma's image prefix comes first; Gemma 3 has no prefix).
+    """
     import contextlib
 
     import torch
@@ -216,10 +238,14 @@ def hf_train_step(model, inputs: dict[str, Any], batch: dict[str, np.ndarray], p
     targets = torch.from_numpy(batch["text"][:, 1:].astype(np.int64)).to(device)
     mask = torch.from_numpy(batch["mask_loss"][:, 1:].astype(np.float32)).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    text_len = batch["text"].shape[1]
 
     def step():
         with torch.autocast(device, dtype=autocast) if autocast else contextlib.nullcontext():
-            logits = model(**tensors).logits[:, prefix:-1]
+            logits = model(**tensors, logits_to_keep=text_len).logits
+        if logits.shape[1] != text_len:
+            raise RuntimeError(f"HF computed logits at {logits.shape[1]} positions, ours at {text_len}")
+        logits = logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                 reduction="none").reshape(targets.shape)
         loss = (nll * mask).sum() / mask.sum().clamp(min=1.0)
@@ -294,7 +320,7 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         fns = {"ours": ours_step}
         hf_info: dict[str, Any] = {}
         if hf is not None:
-            fns["hf"], hf_info = hf_train_step(hf, vlm.hf_inputs(cfg, batch), batch, cfg.num_prefix_tokens)
+            fns["hf"], hf_info = hf_train_step(hf, vlm.hf_inputs(cfg, batch), batch)
         t = time_interleaved(fns, args.steps)
         tokens = batch_size * args.text_len
         out = {"batch": batch_size, "ours": ours_info | {"step_s": t["ours"], "tokens_per_s": tokens / t["ours"]}}
@@ -319,11 +345,11 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         inputs = vlm.hf_inputs(cfg, batch)
         with torch.no_grad():
             hf.eval()
-            hf_logits = hf(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits
+            hf_logits = hf(**{k: torch.from_numpy(v) for k, v in inputs.items()},
+                           logits_to_keep=batch["text"].shape[1]).logits  # as in the timed step
         ours_logits = np.asarray(jax.jit(model.apply)({"params": params}, {k: jnp.asarray(v) for k, v in
                                                                            batch.items()}))
-        results["max_abs_logit_diff"] = float(np.max(np.abs(
-            hf_logits[:, cfg.num_prefix_tokens:].numpy() - ours_logits)))
+        results["max_abs_logit_diff"] = float(np.max(np.abs(hf_logits.numpy() - ours_logits)))
         dec_fns["hf"], theirs_dec = hf_decode_run(hf, vlm.hf_inputs(cfg, dec_batch), args.new_tokens)
         results["greedy_token_agreement"] = float(np.mean(ours_dec["tokens"] == theirs_dec["tokens"]))
     dec_t = time_interleaved(dec_fns, args.steps)
@@ -347,7 +373,8 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                    ours_decode_tokens_per_s=ours_dps, hf_decode_tokens_per_s=hf_dps)
     print(f"\npreset={args.preset}  batch={args.batch}  text_len={args.text_len} (+{cfg.num_image_tokens} image "
           f"tokens = {count.seq_len} decoder positions)  devices={jax.devices()[0].platform} x{jax.device_count()}"
-          f"  torch threads={results['threads']['torch']}  (medians of {args.steps} interleaved calls)")
+          f"  torch threads={results['threads']['torch']}  LM head at the {args.text_len} text positions on both "
+          f"sides  (medians of {args.steps} interleaved calls after 1 untimed warm-up)")
     rows = [
         ("fwd+bwd tokens/s (text tokens)", fmt(ours_tps), fmt(hf_tps), ratio(ours_tps, hf_tps)),
         ("fwd+bwd s/step (median)", fmt(ours["step_s"], 3), fmt(theirs.get("step_s"), 3),
@@ -388,7 +415,7 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------
 
 def hf_gpu_worker(args: argparse.Namespace) -> dict[str, Any]:
-    """HF PyTorch fwd+bwd of the same preset on the GPU: fp32 params, bf16 autocast (the usual HF recipe).
+    """HF PyTorch fwd+bwd of the same preset on one GPU: fp32 params, bf16 autocast (the usual HF recipe).
 
     Run in a child process (``--hf-worker``) before JAX touches the GPU, so the two frameworks' allocators
     never share the card.
@@ -402,11 +429,10 @@ def hf_gpu_worker(args: argparse.Namespace) -> dict[str, Any]:
     model = hf_model_for(cfg, device=dev)
     init_s = time.perf_counter() - t0
     batch = make_batch(cfg, args.batch, args.text_len, args.prompt_len)
-    step, info = hf_train_step(model, vlm.hf_inputs(cfg, batch), batch, cfg.num_prefix_tokens, device=dev,
-                               autocast=torch.bfloat16)
-    step()
+    step, info = hf_train_step(model, vlm.hf_inputs(cfg, batch), batch, device=dev, autocast=torch.bfloat16)
     return {"init_s": init_s, "first_s": info["first_s"], "step_s": time_calls(step, args.steps),
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0, "torch": torch.__version__,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None,
+            "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
             "transformers": transformers.__version__}
 
 
@@ -427,59 +453,92 @@ def hf_gpu_baseline(args: argparse.Namespace) -> dict[str, Any] | None:
             return json.load(f)
 
 
-def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    hf = None if args.no_hf else hf_gpu_baseline(args)  # first: before JAX allocates the GPU
-    cfg = presets.get_model_config(args.preset, dtype="bfloat16", param_dtype=args.param_dtype,
-                                   scan_layers=True, remat_policy=args.remat)
+def ours_gpu_train(cfg: vlm.VLMConfig, args: argparse.Namespace, devices: list[Any]) -> dict[str, Any]:
+    """Our fwd+bwd on ``devices`` (params and batch FSDP-sharded over them; one device = no sharding): init
+    time, the step's times and compiled temporaries, and the params (for decoding) and mesh."""
     model = vlm.VLM(cfg)
-    mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}, devices=devices)
     t0 = time.perf_counter()
     init_batch = {k: jnp.asarray(v) for k, v in vlm.dummy_batch(cfg, 1, 8).items()}
     params = sharding.sharded_init(model.init, jax.random.key(0), init_batch, mesh=mesh)["params"]
     jax.block_until_ready(params)
     init_s = time.perf_counter() - t0
-    n_params = sum(x.size for x in jax.tree.leaves(params))
     batch = sharding.shard_batch(make_batch(cfg, args.batch, args.text_len, args.prompt_len), mesh)
     with sharding.mesh_rules(mesh):
-        ours = ours_train(model, params, batch, args.steps)
-        dec_batch = make_batch(cfg, args.decode_batch, args.decode_prompt_len, args.decode_prompt_len, seed=1)
-        dec = ours_decode(cfg, {"params": params}, dec_batch, args.new_tokens, args.steps)
+        train = ours_train(model, params, batch, args.steps)
+    return train | {"init_s": init_s, "params": params, "mesh": mesh, "devices": len(devices)}
+
+
+def allocator_peak_gib(device: Any) -> float | None:
+    """The JAX allocator's peak bytes in use on ``device`` so far (GiB; None where the backend keeps no
+    statistics, e.g. CPU): like torch's ``max_memory_allocated``, params and gradients included."""
+    stats = device.memory_stats()
+    peak = (stats or {}).get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**30
+
+
+def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    hf = None if args.no_hf else hf_gpu_baseline(args)  # first: before JAX allocates the GPU
+    cfg = presets.get_model_config(args.preset, dtype="bfloat16", param_dtype=args.param_dtype,
+                                   scan_layers=True, remat_policy=args.remat)
     count, per_token = train_flops_per_text_token(cfg, args.text_len)
     tokens = args.batch * args.text_len
-    tps = tokens / ours["step_s"]
-    mfu = flops.mfu(tps, per_token, args.peak_flops, jax.device_count())
-    dps = args.decode_batch * args.new_tokens / dec["step_s"]
     device = jax.devices()[0].device_kind
+
+    # Ours on one device, as HF runs: the comparison.
+    ours = ours_gpu_train(cfg, args, jax.devices()[:1])
+    peak_gib = allocator_peak_gib(jax.devices()[0])  # before decoding, so it is the training step's peak
+    params, mesh = ours.pop("params"), ours.pop("mesh")
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    with sharding.mesh_rules(mesh):
+        dec_batch = make_batch(cfg, args.decode_batch, args.decode_prompt_len, args.decode_prompt_len, seed=1)
+        dec = ours_decode(cfg, {"params": params}, dec_batch, args.new_tokens, args.steps)
+    del params
+    tps = tokens / ours["step_s"]
+    mfu = flops.mfu(tps, per_token, args.peak_flops, 1)
+    dps = args.decode_batch * args.new_tokens / dec["step_s"]
+
+    # Optionally ours sharded over every local device: a separate row, not compared with HF's one GPU.
+    sharded = None
+    if args.all_devices:
+        if args.batch % jax.device_count():
+            raise ValueError(f"--all-devices: --batch {args.batch} does not split over {jax.device_count()} devices")
+        sharded = ours_gpu_train(cfg, args, jax.devices())
+        del sharded["params"], sharded["mesh"]
+        sharded["tokens_per_s"] = tokens / sharded["step_s"]
+        sharded["mfu"] = flops.mfu(sharded["tokens_per_s"], per_token, args.peak_flops, sharded["devices"])
+
     print(f"\npreset={args.preset} ({n_params / 1e9:.2f}B params, {args.param_dtype} params, bf16 compute, remat="
-          f"{args.remat})  batch={args.batch}  text_len={args.text_len} (+{cfg.num_image_tokens} image tokens)  "
-          f"{device} x{jax.device_count()}  init {init_s:.1f}s")
+          f"{args.remat})  batch={args.batch}  text_len={args.text_len} (+{cfg.num_image_tokens} image tokens; "
+          f"LM head at the {args.text_len} text positions on both sides)  {device} x1 (of {jax.device_count()})  "
+          f"init {ours['init_s']:.1f}s  (medians of {args.steps} calls after 1 untimed warm-up)")
+    hf_tps = tokens / hf["step_s"] if hf else None
+    mfu_label = f"MFU (peak {args.peak_flops / 1e12:g} TFLOP/s per device)"
     rows = [
-        ("fwd+bwd tokens/s (text tokens)", fmt(tps)),
-        ("fwd+bwd decoder positions/s", fmt(args.batch * count.seq_len / ours["step_s"])),
-        ("fwd+bwd s/step (median)", fmt(ours["step_s"], 4)),
-        ("compile s", fmt(ours["compile_s"], 1)),
-        ("model GFLOP/text token (fwd+bwd)", fmt(per_token / 1e9, 2)),
-        (f"MFU (peak {args.peak_flops / 1e12:g} TFLOP/s per device)", f"{100 * mfu:.1f}%"),
-        ("temp memory GiB", fmt(ours.get("temp_gib"), 2)),
-        (f"decode tokens/s (B={args.decode_batch}, {args.new_tokens} new)", fmt(dps)),
+        ("fwd+bwd tokens/s (text tokens)", fmt(tps), fmt(hf_tps), f"{tps / hf_tps:.2f}x" if hf else ""),
+        ("fwd+bwd decoder positions/s", fmt(args.batch * count.seq_len / ours["step_s"]),
+         fmt(args.batch * count.seq_len / hf["step_s"]) if hf else "-", ""),
+        ("fwd+bwd s/step (median)", fmt(ours["step_s"], 4), fmt(hf["step_s"], 4) if hf else "-",
+         f"{hf['step_s'] / ours['step_s']:.2f}x" if hf else ""),
+        ("compile s (ours) / first step s (HF)", fmt(ours["compile_s"], 1), fmt(hf["first_s"], 1) if hf else "-", ""),
+        ("model GFLOP/text token (fwd+bwd)", fmt(per_token / 1e9, 2), fmt(per_token / 1e9, 2) if hf else "-", ""),
+        (mfu_label, f"{100 * mfu:.1f}%",
+         f"{100 * flops.mfu(hf_tps, per_token, args.peak_flops, 1):.1f}%" if hf else "-", ""),
+        ("memory GiB: XLA temp bytes (compiled; no params, no grads)",
+         fmt(ours.get("temp_gib"), 2), "-", ""),
+        ("memory GiB: allocator peak (JAX peak_bytes_in_use / torch max_memory_allocated)", fmt(peak_gib, 2), fmt(hf.get("peak_gib"), 2) if hf else "-", ""),
+        (f"decode tokens/s (B={args.decode_batch}, {args.new_tokens} new; ours only)", fmt(dps), "-", ""),
     ]
-    if hf is not None:
-        hf_tps = tokens / hf["step_s"]
-        hf_mfu = flops.mfu(hf_tps, per_token, args.peak_flops, 1)
-        hf_rows = {"fwd+bwd tokens/s (text tokens)": (fmt(hf_tps), f"{tps / hf_tps:.2f}x"),
-                   "fwd+bwd s/step (median)": (fmt(hf["step_s"], 4), f"{hf['step_s'] / ours['step_s']:.2f}x"),
-                   "compile s": (f"{fmt(hf['first_s'], 1)} (first step)", ""),
-                   "model GFLOP/text token (fwd+bwd)": (fmt(per_token / 1e9, 2), ""),
-                   f"MFU (peak {args.peak_flops / 1e12:g} TFLOP/s per device)": (f"{100 * hf_mfu:.1f}%", ""),
-                   "temp memory GiB": (f"{hf['peak_gib']:.2f} (peak allocated)", "")}
-        rows = [r + hf_rows.get(r[0], ("-", "")) for r in rows]
-        print_table(rows, header=("measure", "ours (JAX)", f"HF (PyTorch {hf['torch']}, bf16 autocast)",
-                                  "ours / HF"))
-    else:
-        print_table(rows, header=("measure", "ours (JAX)"))
-    return {"hf": hf, "preset": args.preset, "device": device, "n_params": int(n_params), "init_s": init_s,
-            "tokens_per_s": tps, "mfu": mfu, "decode_tokens_per_s": dps,
-            "train_flops_per_token": per_token, **{f"train_{k}": v for k, v in ours.items()}}
+    if sharded is not None:
+        rows.append((f"fwd+bwd tokens/s, ours FSDP over {sharded['devices']} devices (MFU per device; not vs HF)",
+                     f"{fmt(sharded['tokens_per_s'])} ({100 * sharded['mfu']:.1f}%)", "-", ""))
+    hf_header = f"HF (PyTorch {hf['torch']}, bf16 autocast, 1 device)" if hf else "HF (--no-hf)"
+    print_table(rows, header=("measure", "ours (JAX, 1 device)", hf_header, "ours / HF"))
+    return {"hf": hf, "preset": args.preset, "device": device, "devices": 1, "n_params": int(n_params),
+            "init_s": ours["init_s"], "tokens_per_s": tps, "mfu": mfu, "decode_tokens_per_s": dps,
+            "peak_gib": peak_gib, "hf_logits_to_keep": args.text_len, "train_flops_per_token": per_token,
+            **{f"train_{k}": v for k, v in ours.items() if k != "init_s"},
+            "sharded": sharded}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-flops", type=float, default=H200_BF16_DENSE, help="peak FLOP/s per device, for MFU")
     p.add_argument("--param-dtype", default="float32", help="GPU mode: parameter dtype (compute is bf16)")
     p.add_argument("--remat", default="minimal", choices=["none", "minimal", "full"], help="GPU mode remat")
+    p.add_argument("--all-devices", action="store_true",
+                   help="GPU mode: also run ours FSDP-sharded over every local device (a separate row)")
     p.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)  # GPU mode's HF child process
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)

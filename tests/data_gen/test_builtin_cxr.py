@@ -16,11 +16,10 @@ heart estimate spilled under the right lung), and RG3 used to get a "left lung".
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
+from shipped_files import pydicom_file
 
 from data_gen.config import load_dataset_config
 from data_gen.imaging import load_image
@@ -37,16 +36,7 @@ HEART = (1000, 1150, 1250, 1400)
 LEFT_LOWER_NODULE = (1380, 1090, 1520, 1230)
 
 
-def _radiograph_file(name: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            path = get_testdata_file(name, download=False)
-        except TypeError:  # older pydicom without `download`
-            path = get_testdata_file(name)
-    if not path or not os.path.exists(path):
-        pytest.skip(f"{name} is not installed (pydicom-data)")
-    return path
+_radiograph_file = pydicom_file
 
 
 def _item(path, boxes=()):

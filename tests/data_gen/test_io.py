@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from shipped_files import pydicom_file
 from PIL import Image
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, MPEG2MPML, SecondaryCaptureImageStorage, generate_uid
@@ -25,17 +25,6 @@ warnings.filterwarnings("ignore", message=".*download.*")
 
 def item(path, **kw) -> ImageItem:
     return ImageItem(path=str(path), source=kw.pop("source", "test"), image_key="k", patient_key="p", **kw)
-
-
-def pydicom_file(name: str) -> str:
-    """A file shipped with pydicom or pydicom-data; skip when this install lacks it (never download)."""
-    try:
-        path = get_testdata_file(name, download=False)
-    except TypeError:  # older signature without `download`
-        path = get_testdata_file(name)
-    if not path or not os.path.exists(path):
-        pytest.skip(f"{name} not installed (pydicom-data)")
-    return path
 
 
 def needs_decoder(uid: str) -> None:

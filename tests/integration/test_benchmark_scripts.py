@@ -4,7 +4,10 @@ import importlib.util
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from medclm_jax.model import presets, vlm
 
@@ -32,6 +35,27 @@ def test_make_batch_layouts():
     vlm.validate_batch(cfg, g3)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny_gemma3"])
+def test_hf_step_applies_the_lm_head_where_ours_does(preset):
+    """Like for like: HF's timed step projects only the text positions onto the vocabulary (not PaliGemma's
+    image prefix), the positions where ours computes logits, and gets our loss from the same weights."""
+    pytest.importorskip("torch")
+    bench = _load("model")
+    cfg = presets.get_model_config(preset)
+    hf = bench.hf_model_for(cfg)
+    params = bench.params_from_hf(cfg, hf)
+    batch = bench.make_batch(cfg, 2, 8, 3)
+    seen = []
+    hf.lm_head.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape)))
+    _, info = bench.hf_train_step(hf, vlm.hf_inputs(cfg, batch), batch)
+    text_positions = batch["text"].shape[1]
+    assert seen == [(2, text_positions, cfg.text.width)]
+    ours_logits = vlm.VLM(cfg).apply({"params": params}, {k: jnp.asarray(v) for k, v in batch.items()})
+    assert ours_logits.shape[:2] == (2, text_positions)
+    ours_loss = bench.loss_fn(vlm.VLM(cfg), params, {k: jnp.asarray(v) for k, v in batch.items()})
+    np.testing.assert_allclose(float(ours_loss), info["loss"], rtol=1e-5)
+
+
 def test_model_benchmark_cpu_and_gpu_modes_run(tmp_path, capsys):
     bench = _load("model")
     out = tmp_path / "cpu.json"
@@ -41,11 +65,13 @@ def test_model_benchmark_cpu_and_gpu_modes_run(tmp_path, capsys):
     assert result["ours_train_tokens_per_s"] > 0 and result["ours_decode_tokens_per_s"] > 0
     # GPU mode's code path (sharded init, bf16, scan + remat, MFU) on the CPU, with Gemma 3's layout.
     out = tmp_path / "gpu.json"
-    assert bench.main(["--gpu", "--no-hf", "--preset", "tiny_gemma3", "--steps", "1", "--batch", "8",
-                       "--text-len", "16", "--prompt-len", "3", "--new-tokens", "2", "--json", str(out)]) == 0
+    assert bench.main(["--gpu", "--no-hf", "--all-devices", "--preset", "tiny_gemma3", "--steps", "1", "--batch",
+                       "8", "--text-len", "16", "--prompt-len", "3", "--new-tokens", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1
-    assert "MFU" in capsys.readouterr().out
+    assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1 and result["devices"] == 1
+    assert result["sharded"]["devices"] == len(jax.devices()) and result["sharded"]["tokens_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert "MFU" in printed and "XLA temp bytes" in printed and "ours FSDP over" in printed
 
 
 def test_small_learns_runs_on_the_training_targets(capsys):

@@ -19,9 +19,8 @@ import time
 import jax
 import numpy as np
 import pytest
+from phantom_dataset import build_dataset, record_texts
 
-from data_gen import phantom
-from data_gen.build import run_build
 from medclm_jax.commands import train as train_cmd
 from medclm_jax.config_file import load_config
 from medclm_jax.data import pipeline, views
@@ -36,7 +35,6 @@ from medclm_jax.train import step as step_lib
 from medclm_jax.train.checkpoint import TrainCheckpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PHANTOM_CONFIG = os.path.join(REPO, "configs", "data", "phantom.py")
 TRAIN_CONFIG = os.path.join(REPO, "configs", "train.py") + ":model=tiny,mesh=cpu"
 N = 16
 # adaptive reaches Medium by step 4 and Hard by step ~8: the scheduler's feedback shapes the batches of the run
@@ -47,13 +45,8 @@ FAST = dict(min_easy_steps=0, max_easy_steps=4, medium_ramp_steps=2, max_medium_
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """(data folder, tokenizer folder, compile cache folder)."""
-    raw = str(tmp_path_factory.mktemp("loop_raw"))
-    phantom.write_phantom(raw, 24, seed=3)
-    data = str(tmp_path_factory.mktemp("loop_data"))
-    run_build(load_config(f"{PHANTOM_CONFIG}:root={raw}", ["write.records_per_shard=6"]), data, workers=1,
-              progress=False)
-    texts = [v[0].decode() for r in RecordSource(data, "train").iter_records() for k, v in r.items()
-             if k.endswith(("/question", "/cot", "/answer"))]
+    data = build_dataset(tmp_path_factory, "loop", 24)
+    texts = record_texts(RecordSource(data, "train").iter_records())
     tok = str(tmp_path_factory.mktemp("loop_tok"))
     T.train_tokenizer(iter(texts), vocab_size=2048, out_dir=tok)
     return data, tok, str(tmp_path_factory.mktemp("loop_xla_cache"))
