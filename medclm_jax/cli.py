@@ -13,7 +13,7 @@ import sys
 COMMANDS = {
     "score": ("medclm_jax.commands.score", "the field's metrics on prediction/reference files"),
     "convert": ("medclm_jax.commands.convert", "pretrained weights in (--from-hf) and out (--to-hf)"),
-    "demo": ("medclm_jax.commands.demo", "phantom data -> data_gen VQA-CoT records, minutes on CPU"),
+    "demo": ("medclm_jax.commands.demo", "phantom data -> data_gen -> train -> eval on the test split (--quick: CI)"),
     "train": ("medclm_jax.commands.train", "curriculum training (Easy -> Medium -> Hard); resumes"),
     "eval": ("medclm_jax.commands.eval", "a checkpoint on a test split or benchmark: predictions + metrics; resumes"),
     "predict": ("medclm_jax.commands.predict", "one image + question -> reasoning, answer, box drawn on the image"),

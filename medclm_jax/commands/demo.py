@@ -1,10 +1,11 @@
 """`medclm demo`: the main job on the built-in sample data, end to end on a CPU.
 
-Today it runs the data half: writes the phantom dataset in real formats (DICOM + VinDr-style CSV + per-organ PNG
-masks; DeepLesion-style 16-bit PNG + DL_info.csv + TotalSegmentator-style NIfTI masks), converts it with
-`configs/data/phantom.py` into Easy/Medium/Hard VQA-CoT TFRecords, and prints the dataset summary and one record.
-Training and evaluation stages are added to this command as they land (see README). The one module of
-medclm_jax that imports data_gen: it composes both halves.
+Writes the phantom dataset in real formats (DICOM + VinDr-style CSV + per-organ PNG masks; DeepLesion-style 16-bit
+PNG + DL_info.csv + TotalSegmentator-style NIfTI masks), converts it with `configs/data/phantom.py` into
+Easy/Medium/Hard VQA-CoT TFRecords, trains a model from scratch with the curriculum (`medclm train`), and evaluates
+it on the held-out test split in all three stages (`medclm eval`). Each stage is the real command, so the demo shows
+exactly what a user runs; a rerun resumes the training run and the evaluation. `--quick` is the few-minute version
+that CI runs. This module composes both halves, so it may import data_gen.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-n", type=int, default=48, help="phantom images to generate")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="small", help="model preset trained from scratch (default small)")
+    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N test examples only")
+    p.add_argument("--quick", action="store_true", help="tiny model, 8 steps, 6 test examples: minutes, for CI")
+    p.add_argument("--data-only", action="store_true", help="stop after the dataset (no training, no evaluation)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.steps, args.limit = "tiny", 8, args.limit or 6
 
     from data_gen import phantom
     from data_gen.build import format_summary, run_build
@@ -30,9 +38,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     raw = os.path.join(args.workdir, "phantom")
     out = os.path.join(args.workdir, "dataset")
-    print(f"[1/2] phantom data -> {raw}")
+    stages = 2 if args.data_only else 4
+    print(f"[1/{stages}] phantom data -> {raw}")
     phantom.write_phantom(raw, args.n, seed=args.seed)
-    print(f"[2/2] data_gen build -> {out}")
+    print(f"[2/{stages}] data_gen build -> {out}")
     cfg = load_dataset_config("phantom", f"root={raw}")
     info = run_build(cfg, out, workers=args.workers, overwrite=True)
     print(format_summary(info))
@@ -45,7 +54,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for key in shown:
         values = [v.decode() if isinstance(v, bytes) else round(v, 3) for v in ex.get(key, [])]
         print(f"  {key:<16} {values[0] if len(values) == 1 else values}")
-    return 0
+    if args.data_only:
+        return 0
+
+    from medclm_jax.commands import eval as eval_command
+    from medclm_jax.commands import train as train_command
+
+    run = os.path.join(args.workdir, "run")
+    config = os.path.join(repo_configs(), "train.py")
+    print(f"\n[3/4] medclm train ({args.model}, {args.steps} steps, Easy -> Medium -> Hard) -> {run}")
+    rc = train_command.main(["--config", f"{config}:model={args.model},mesh=cpu,data={out},steps={args.steps}",
+                             "--workdir", run, "--set", f"seed={args.seed}",
+                             "--set", f"optim.warmup_steps={min(20, args.steps // 5)}"])
+    if rc:
+        return rc
+    evaluation = os.path.join(args.workdir, "eval")
+    print(f"\n[4/4] medclm eval on the held-out test split (all three stages) -> {evaluation}")
+    eval_args = ["--checkpoint", os.path.join(run, "final"), "--data", out, "--split", "test", "--out", evaluation,
+                 "--max-new-tokens", "96"] + (["--limit", str(args.limit)] if args.limit else [])
+    rc = eval_command.main(eval_args)
+    if rc == 0:
+        print(f"\nmetrics: {os.path.join(evaluation, 'metrics.json')}; predictions: "
+              f"{os.path.join(evaluation, 'predictions.jsonl')}; training log: {os.path.join(run, 'metrics.jsonl')}")
+    return rc
+
+
+def repo_configs() -> str:
+    """The repository's configs/ folder (config files ship with the repository and load by path)."""
+    from data_gen.config import config_path
+
+    return os.path.dirname(os.path.dirname(config_path("phantom")))
 
 
 if __name__ == "__main__":

@@ -67,9 +67,14 @@ def test_phantom_then_build_from_the_command_line(tmp_path, capsys):
         data_cli.main(["build", "--config", f"{config}:root={raw}", "--out", out, "--set", "image.nope=1"])
 
 
-def test_demo_runs_the_data_half(tmp_path, capsys):
+def test_demo_runs_data_gen_training_and_evaluation(tmp_path, capsys):
     from medclm_jax.commands import demo
 
-    assert demo.main(["--workdir", str(tmp_path), "-n", "8", "--workers", "1"]) == 0
+    assert demo.main(["--workdir", str(tmp_path), "-n", "12", "--workers", "1", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "easy/cot" in out and "records from" in out
+    assert "easy/cot" in out and "records from" in out and "[4/4] medclm eval" in out
+    metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
+    assert metrics  # scored: the report's input exists
+    assert os.path.isdir(tmp_path / "run" / "final")
+    train_log = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert any(r.get("kind") == "train" for r in train_log)
