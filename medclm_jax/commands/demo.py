@@ -65,7 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\n[3/4] medclm train ({args.model}, {args.steps} steps, Easy -> Medium -> Hard) -> {run}")
     rc = train_command.main(["--config", f"{config}:model={args.model},mesh=cpu,data={out},steps={args.steps}",
                              "--workdir", run, "--set", f"seed={args.seed}",
-                             "--set", f"optim.warmup_steps={min(20, args.steps // 5)}"])
+                             "--set", f"optim.warmup_steps={min(20, args.steps // 5)}",
+                             *curriculum_for(args.steps)])
     if rc:
         return rc
     evaluation = os.path.join(args.workdir, "eval")
@@ -77,6 +78,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"\nmetrics: {os.path.join(evaluation, 'metrics.json')}; predictions: "
               f"{os.path.join(evaluation, 'predictions.jsonl')}; training log: {os.path.join(run, 'metrics.jsonl')}")
     return rc
+
+
+def curriculum_for(steps: int) -> list[str]:
+    """`--set`s that scale the adaptive scheduler's step constants to a short run.
+
+    Its defaults are sized for real datasets (Easy for at least 200 steps, Medium forced by step 2000): a demo of a
+    few hundred steps would never leave Easy. Here a domain may enter Medium after 5% of the run, must by 25%, and
+    Hard joins on a plateau or by 50%, so the demo shows the whole curriculum.
+    """
+    scaled = {"min_easy_steps": steps // 20, "max_easy_steps": max(1, steps // 4),
+              "medium_ramp_steps": max(1, steps // 10), "max_medium_steps": max(1, steps // 4),
+              "plateau_window": max(2, steps // 20)}
+    return [x for k, v in scaled.items() for x in ("--set", f"curriculum.adaptive.{k}={v}")]
 
 
 def repo_configs() -> str:
