@@ -28,7 +28,7 @@ from ml_collections import config_dict
 
 from medclm_jax import config_file
 from medclm_jax.train import curriculum, losses, optim
-from medclm_jax.train.loop import TRAINED_FROM_SCRATCH  # presets trained from random init on the data's tokenizer
+from medclm_jax.model.presets import TRAINED_FROM_SCRATCH  # presets trained from random init on the data's tokenizer
 
 ALIASES = {
     "data": "data.dir", "init": "model.init", "tokenizer": "data.tokenizer", "max_len": "data.max_len",

@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-TRAINED_FROM_SCRATCH = ("tiny", "tiny_gemma3", "small")  # presets whose tokenizer is trained on the data
+from medclm_jax.model.presets import TRAINED_FROM_SCRATCH
 
 
 def build_parser() -> argparse.ArgumentParser:

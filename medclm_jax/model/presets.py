@@ -85,6 +85,11 @@ PRESETS: dict[str, Callable[[], VLMConfig]] = {
 }
 
 
+# Presets trained from random init, on a tokenizer trained on the dataset's text (`tokenizer.train_tokenizer`);
+# every other preset is a pretrained family fine-tuned in its own prompt format.
+TRAINED_FROM_SCRATCH = ("tiny", "tiny_gemma3", "small")
+
+
 def get_model_config(name: str, **overrides) -> VLMConfig:
     """The named VLMConfig; `overrides` (dtype, param_dtype, scan_layers, remat_policy) apply to both towers."""
     if name not in PRESETS:

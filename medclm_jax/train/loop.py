@@ -60,7 +60,6 @@ from medclm_jax.train.checkpoint import TrainCheckpoints
 
 log = logging.getLogger(__name__)
 
-TRAINED_FROM_SCRATCH = ("tiny", "tiny_gemma3", "small")  # presets whose tokenizer is trained on the data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +260,7 @@ def tokenizer_for(config: ml_collections.ConfigDict, model_cfg: vlm.VLMConfig, s
     resumed run's or this workdir's `tokenizer/`, trained on the train split's text the first time."""
     folder = config.data.tokenizer or config.model.init
     if not folder:
-        if config.model.name not in TRAINED_FROM_SCRATCH:
+        if config.model.name not in presets.TRAINED_FROM_SCRATCH:
             raise ValueError(f"model {config.model.name!r} is pretrained: set model.init (a `medclm convert "
                              "--from-hf` output, which holds its tokenizer) or data.tokenizer")
         theirs = os.path.join(config.resume, "tokenizer") if config.resume else ""
@@ -280,7 +279,7 @@ def preprocess(config: ml_collections.ConfigDict, model_cfg: vlm.VLMConfig, tok:
     """What turns a record and a stage into a batch row (image size and resize family from the model)."""
     d = config.data
     settings = prompts.settings_for_model(model_cfg, tok, max_len=d.max_len, prompt_format=d.prompt_format or None,
-                                          pretrained=config.model.name not in TRAINED_FROM_SCRATCH)
+                                          pretrained=config.model.name not in presets.TRAINED_FROM_SCRATCH)
     view = views.ViewSettings(model_cfg.vision.image_size, model_cfg.family, d.loc_tokens)
     return Preprocess(tok, view, settings, {name: i for i, name in enumerate(domains)})
 
