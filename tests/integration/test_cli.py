@@ -73,8 +73,11 @@ def test_demo_runs_data_gen_training_and_evaluation(tmp_path, capsys):
     assert demo.main(["--workdir", str(tmp_path), "-n", "12", "--workers", "1", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "easy/cot" in out and "records from" in out and "[4/4] medclm eval" in out
-    metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
-    assert metrics  # scored: the report's input exists
+    metrics = json.load(open(tmp_path / "eval" / "metrics.json"))["metrics"]
+    info = json.load(open(tmp_path / "dataset" / "dataset_info.json"))
+    expected = min(6, 3 * info["counts"]["per_split"]["test"]["records"])  # --quick: the first 6 test examples
+    assert metrics["counts"]["n"] == expected and metrics["counts"]["n_missing_predictions"] == 0
+    assert set(metrics["by_stage"]) <= {"easy", "medium", "hard"} and metrics["by_stage"]
     assert os.path.isdir(tmp_path / "run" / "final")
     train_log = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert any(r.get("kind") == "train" for r in train_log)
