@@ -19,6 +19,7 @@ Restores go straight into the requested shardings by the rule of ``medclm_jax.mo
 from __future__ import annotations
 
 import base64
+import collections
 import logging
 import os
 import time
@@ -90,7 +91,10 @@ class TrainCheckpoints:
                 enable_async_checkpointing=async_save,
                 create=True,
             ),
-            item_names=(PARAMS, OPT_STATE, STATE),
+            # Handlers named up front (not inferred from the first save/restore's args) so that a new manager
+            # reads a step's metadata (`_check_structure`) before restoring it.
+            item_handlers={PARAMS: ocp.StandardCheckpointHandler(), OPT_STATE: ocp.StandardCheckpointHandler(),
+                           STATE: ocp.JsonCheckpointHandler()},
         )
 
     def save(self, step: int, params: Any, opt_state: Any = None, state: Mapping[str, Any] | None = None, *,
@@ -129,6 +133,7 @@ class TrainCheckpoints:
         elif step not in self._manager.all_steps():
             raise FileNotFoundError(f"{self.directory}: no checkpoint for step {step}; "
                                     f"available: {list(self._manager.all_steps())}")
+        self._check_structure(int(step), {PARAMS: abstract_params, OPT_STATE: abstract_opt_state})
         items = {PARAMS: ocp.args.StandardRestore(with_shardings(abstract_params, params_shardings)),
                  STATE: ocp.args.JsonRestore()}
         if abstract_opt_state is not None:
@@ -137,6 +142,29 @@ class TrainCheckpoints:
         return {"step": int(step), "params": restored[PARAMS],
                 "opt_state": restored[OPT_STATE] if abstract_opt_state is not None else None,
                 "state": _from_json(restored[STATE] or {})}
+
+    def _check_structure(self, step: int, abstract: Mapping[str, Any]) -> None:
+        """Refuses a restore whose target holds other arrays than the checkpoint: Orbax restores a *subset* of a
+        saved tree without a word (an optimizer state saved with no frozen group restores into a config that freezes
+        `vision/.*`, whose state has 46 of the 120 arrays), which would resume a run with another optimizer than the
+        one it was trained with."""
+        try:
+            saved = self._manager.item_metadata(step)
+        except Exception:  # pylint: disable=broad-except
+            return  # no readable metadata: the restore itself reports what is wrong
+        for name, target in abstract.items():
+            if target is None or saved is None or saved.get(name) is None:
+                continue
+            tree = getattr(saved[name], "tree", saved[name])
+            on_disk = sorted(tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(tree))
+            wanted = sorted(tuple(x.shape) for x in jax.tree.leaves(target))
+            if on_disk != wanted:
+                raise ValueError(
+                    f"{self.directory}/{step}: the checkpoint's {name} holds {len(on_disk)} arrays, this config's "
+                    f"{len(wanted)}{_shape_diff(on_disk, wanted)}; the config builds another train state (frozen "
+                    "groups, gradient accumulation or the model differ from the run that saved it). Resume with the "
+                    "run's own config, or start from its weights with model.init (a `medclm convert` export or "
+                    "WORKDIR/final)")
 
     def save_train_state(self, state: TrainState, json_state: Mapping[str, Any] | None = None, *,
                          force: bool = False) -> bool:
@@ -227,3 +255,13 @@ class TrainCheckpoints:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _shape_diff(on_disk: list, wanted: list) -> str:
+    """' (e.g. shape (64,) only in the checkpoint)': the first shape whose count differs, for the error."""
+    counts = collections.Counter(on_disk)
+    counts.subtract(collections.Counter(wanted))
+    for shape, n in counts.items():
+        if n:
+            return f" (e.g. shape {shape} {'only in the checkpoint' if n > 0 else 'missing from the checkpoint'})"
+    return ""

@@ -51,3 +51,32 @@ def test_train_checkpoints_keep_n_and_resume(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"step 3.*\[2, 4, 5\]"):
         ckpts.restore(3, abstract_params=abstract_params)
     ckpts.close()
+
+
+def test_a_state_with_more_frozen_groups_is_refused_not_partly_restored(tmp_path):
+    """Orbax alone restores the 46 optimizer arrays of a config that freezes `vision/.*` out of a checkpoint saved
+    with 120 (nothing frozen) without a word; the run would go on with another optimizer than it trained with."""
+    from medclm_jax.model import presets, vlm  # pylint: disable=import-outside-toplevel
+    from medclm_jax.train import optim, state as state_lib  # pylint: disable=import-outside-toplevel
+
+    params = vlm.init_params(presets.get_model_config("tiny"), jax.random.key(0))["params"]
+
+    def train_state(groups):
+        tx = optim.make_optimizer(optim.OptimConfig(total_steps=10, groups=groups))
+        return state_lib.create(params, tx, jax.random.key(1))
+
+    saved = train_state(())
+    with C.TrainCheckpoints(tmp_path / "run", async_save=False) as ckpts:
+        ckpts.save_train_state(saved, {})
+    frozen = jax.eval_shape(lambda: train_state(({"pattern": "vision/.*", "frozen": True},)))
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: one, frozen)
+    ckpts = C.TrainCheckpoints(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"opt_state holds 120 arrays, this config's 46 .*another train state"):
+        ckpts.restore_train_state(frozen, shardings)
+    with pytest.raises(ValueError, match="no kept checkpoint restores into this config's train state"):
+        ckpts.restore_newest(frozen, shardings)
+    assert ckpts.all_steps() == [0]  # refused, not moved aside
+    same, _ = ckpts.restore_train_state(jax.eval_shape(lambda: saved), jax.tree.map(lambda _: one, saved))
+    _equal(same.opt_state, saved.opt_state)
+    ckpts.close()
