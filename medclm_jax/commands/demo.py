@@ -3,9 +3,10 @@
 Writes the phantom dataset in real formats (DICOM + VinDr-style CSV + per-organ PNG masks; DeepLesion-style 16-bit
 PNG + DL_info.csv + TotalSegmentator-style NIfTI masks), converts it with `configs/data/phantom.py` into
 Easy/Medium/Hard VQA-CoT TFRecords, trains a model from scratch with the curriculum (`medclm train`), and evaluates
-it on the held-out test split in all three stages (`medclm eval`). Each stage is the real command, so the demo shows
-exactly what a user runs; a rerun resumes the training run and the evaluation. `--quick` is the few-minute version
-that CI runs. This module composes both halves, so it may import data_gen.
+it on the held-out test split in all three stages (`medclm eval`, which also writes eval/report.html: the metric
+tables, the training curves and examples with their boxes, one page that opens offline). Each stage is the real
+command, so the demo shows exactly what a user runs; a rerun resumes the training run and the evaluation. `--quick`
+is the few-minute version that CI runs. This module composes both halves, so it may import data_gen.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if rc == 0:
         print(f"\nmetrics: {os.path.join(evaluation, 'metrics.json')}; predictions: "
               f"{os.path.join(evaluation, 'predictions.jsonl')}; training log: {os.path.join(run, 'metrics.jsonl')}")
+        print(f"report (open it in a browser, it works offline): {os.path.join(evaluation, 'report.html')}")
     return rc
 
 

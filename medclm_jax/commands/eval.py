@@ -7,10 +7,11 @@ Generation: the checkpoint's own prompt layout (trained from scratch, PaliGemma 
 overrides), greedy KV-cache decoding jitted over all devices (`--mesh`), `--batch-size` rows at a time. Output in
 `--out` (default: RUN/eval/<task> for a training run's final/, else medclm-eval/<task>): predictions.jsonl (one line
 per example: question, generated text, parsed reasoning / answer / box, reference, per-question scores),
-references.jsonl, metrics.json, run.json. Stopped midway (Ctrl-C, preemption, `--limit`), the same command
-continues where it stopped; other settings are refused unless `--overwrite`. The table printed at the end, and
-metrics.json, hold every metric of `medclm score` overall and per stage, domain, answer type, modality and organ
-(`medclm score --pred OUT/predictions.jsonl --ref OUT/references.jsonl` recomputes them).
+references.jsonl, metrics.json, run.json, and report.html (one offline page: the metric tables, the training run's
+curves, the best / worst / random examples with their images and boxes). Stopped midway (Ctrl-C, preemption,
+`--limit`), the same command continues where it stopped; other settings are refused unless `--overwrite`. The table
+printed at the end, and metrics.json, hold every metric of `medclm score` overall and per stage, domain, answer type,
+modality and organ (`medclm score --pred OUT/predictions.jsonl --ref OUT/references.jsonl` recomputes them).
 Exit status 0 when done, 2 on unusable input or settings (the message says which and what to do).
 """
 
@@ -156,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_table(result.metrics))
     if task.describe.get("overlap"):
         print(f"note: {task.describe['overlap']}")
-    print(f"wrote {os.path.join(out, run.PREDICTIONS)}, {run.REFERENCES}, {run.METRICS}")
+    print(f"wrote {os.path.join(out, run.PREDICTIONS)}, {run.REFERENCES}, {run.METRICS}, {run.REPORT}")
     return 0
 
 

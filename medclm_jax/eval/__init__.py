@@ -1,6 +1,6 @@
 """Evaluation: the field's VQA, report and grounding metrics, benchmark loaders, and `medclm score`.
 
-Pure Python (no jax import), so `medclm score` starts fast and training/validation can import the metrics.
+The metrics are pure Python (no jax import), so `medclm score` starts fast and training/validation can import them.
 
 - `llava_med`: the LLaVA-Med v1.0 convention (open recall, closed accuracy), bit for bit, quirks documented.
 - `vqa_strict`: strict variants (type-level token P/R/F1, exact match, whole-word yes/no closed accuracy).
@@ -10,4 +10,5 @@ Pure Python (no jax import), so `medclm score` starts fast and training/validati
 - `benchmarks`: VQA-RAD, SLAKE, PathVQA, PMC-VQA loaders in their public release layouts.
 - `records`, `score`: prediction/reference files, the scoring entry point (the command line is
   `medclm_jax/commands/score.py`).
+- `run`, `generate` (jax): `medclm eval`; `html_report` (numpy, PIL): its self-contained report.html.
 """

@@ -29,6 +29,8 @@ Files in OUT:
   metrics.json        {"run": settings, counts and timing, "metrics": `score.score`'s nested dict} over the first
                       `limit` examples (all by default): then the same numbers as `medclm score --pred
                       predictions.jsonl --ref references.jsonl --json`, flattened.
+  report.html         the same numbers as tables, the training run's curves, and the best, worst and random scored
+                      examples with their images and boxes: one self-contained page (`eval/html_report.py`).
 
 Resume. Examples go in fixed global batches (b covers examples [b G, (b + 1) G)), whatever `limit` is, so a row's
 batch and position never change. Each batch's lines are appended with one write and flushed; a rerun skips the
@@ -60,7 +62,7 @@ import numpy as np
 
 from medclm_jax.data import assemble, prompts, views
 from medclm_jax.data.source import RecordSource, load_dataset_info
-from medclm_jax.eval import cot, grounding
+from medclm_jax.eval import cot, grounding, html_report
 from medclm_jax.eval import score as score_lib
 from medclm_jax.eval.benchmarks import BenchmarkError, load_benchmark, reference_record
 from medclm_jax.eval.generate import Generator, model_input
@@ -71,7 +73,8 @@ from medclm_jax.records.errors import RecordError
 log = logging.getLogger(__name__)
 
 RUN, PREDICTIONS, REFERENCES, METRICS = "run.json", "predictions.jsonl", "references.jsonl", "metrics.json"
-OUR_FILES = (RUN, PREDICTIONS, REFERENCES, METRICS)
+REPORT = "report.html"
+OUR_FILES = (RUN, PREDICTIONS, REFERENCES, METRICS, REPORT)
 _UNSCORED_ORGANS = ("", "unknown", schema.NO_ORGAN)
 
 
@@ -489,6 +492,7 @@ def evaluate(task: Task, generator: Generator, out_dir: str, *, limit: Optional[
            "examples_per_second": round(generated / seconds, 3) if generated and seconds > 0 else None,
            "batch_size": g, "devices": jax.device_count(), "box_form": box_form}
     _write_json(os.path.join(out_dir, METRICS), {"run": run, "metrics": metrics})
+    html_report.write_report(os.path.join(out_dir, REPORT), {"run": run, "metrics": metrics}, scored)
     return EvalResult(out_dir, metrics, run)
 
 

@@ -4,6 +4,7 @@
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -81,3 +82,17 @@ def test_demo_runs_data_gen_training_and_evaluation(tmp_path, capsys):
     assert os.path.isdir(tmp_path / "run" / "final")
     train_log = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert any(r.get("kind") == "train" for r in train_log)
+    # The HTML report beside metrics.json: named in the output, its tables numbers in range, every example shown
+    # with its image, the training curves drawn from run/metrics.jsonl.
+    report = tmp_path / "eval" / "report.html"
+    assert f"report (open it in a browser, it works offline): {report}" in out
+    page = report.read_text(encoding="utf-8")
+    tables = page.split('<h2 id="metrics">', 1)[1].split('<h2 id="training">', 1)[0]
+    rows = [re.findall(r"<td>([^<]*)</td>", row) for row in tables.split("<tr>") if "<td>" in row]
+    assert rows[0][:2] == ["all", str(expected)]
+    assert {r[0] for r in rows} >= set(metrics["by_stage"]) | set(metrics["by_domain"])
+    cells = [c for r in rows for c in r[2:]]
+    assert cells and all(c == "–" or 0.0 <= float(c) <= 100.0 for c in cells)
+    assert all(int(r[1]) > 0 for r in rows)
+    assert page.count('<img src="data:image/jpeg;base64,') == expected  # 6 examples: two best, two worst, two drawn
+    assert "<polyline" in page.split('<h2 id="training">', 1)[1].split('<h2 id="examples">', 1)[0]
