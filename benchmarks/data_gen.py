@@ -1,17 +1,21 @@
-"""data_gen benchmarks: prints a table.
+"""data_gen benchmarks: prints tables.
 
-Linking (this file's first part): one chest radiograph at 2048 x 2048 with 159 organ masks (the CXAS class list,
-overlapping as CXAS's are: lungs, zones, lobes, ribs, vertebrae, mediastinum, ...) and 10 lesions, on identical
-inputs for three linkers, each timed the same way (per image: `--warmup` untimed calls, then `--repeats` timed
-ones; the median over all images and repeats):
+CXAS-scale masks (this file's first part): per image, 159 organ masks at 2048 x 2048 (the CXAS class list,
+overlapping as CXAS's are: lungs, zones, lobes, ribs, vertebrae, mediastinum, ...) written as CXAS's JPEG files,
+and 10 lesion boxes. Every row runs on the same files, timed the same way (per image: `--warmup` untimed calls,
+then `--repeats` timed ones; the median over all images and repeats):
 
-  * the authors' released code path, re-implemented faithfully: masks as their reader returns them (uint8 0/255
-    on the image grid); for every lesion and every mask, binarize `> 127`, take the rows and columns holding a
-    pixel, their first and last, normalize, IoU with the normalized lesion box; the first maximum wins;
-  * the same rule implemented well: each mask's bounding box computed once per image, the [N, K] IoUs at once
-    (asserted to return exactly the organs of the first);
-  * ours, `data_gen.link.link_lesions` (containment) on the same masks as `OrganMasks` holds them (bool, binarized
-    once when the masks were read; so are the masks of the second row).
+  * reading the masks: the authors' code (`cv2.imread(path, 0)` of every file: uint8 at full size), the Pillow
+    reader this project had before, and ours (`load_masks`: OpenCV, JPEGs decoded at half size by libjpeg onto
+    the 1024 linking grid as coverage; and the same at full resolution, `masks.grid_max_side=0`);
+  * linking: the authors' released code path, re-implemented faithfully: on the masks as their reader returns
+    them, for every lesion and every mask, binarize `> 127`, take the rows and columns holding a pixel, their
+    first and last, normalize, IoU with the normalized lesion box; the first maximum wins; the same rule
+    implemented well (each mask's bounding box computed once per image, the [N, K] IoUs at once; asserted to
+    return exactly the organs of the first); ours, `data_gen.link.link_lesions` (containment), on the masks as
+    `load_masks` holds them (the grid) and at full resolution;
+  * peak memory: each reader + linker in a fresh child process (its peak RSS, VmHWM; `resource.getrusage` where
+    /proc is missing), against a child that only imports.
 
 Build throughput (second part): `medclm-data build` on phantom data (DICOM radiographs + DeepLesion-style CT),
 images/s with 1 and 2 worker processes, and where one image's time goes (decode = reading + windowing the DICOM /
@@ -19,16 +23,19 @@ PNG, masks = reading + resampling organ masks, link, synth, encode = PNG encodin
 "conversion" proper is everything but decode and encode).
 
 Run: `python benchmarks/data_gen.py` (or `python -m benchmarks.data_gen`), options --size 2048 --masks 159
---lesions 10 --images 2 --repeats 2 --warmup 1 --build-images 48 --skip-link / --skip-build.
+--lesions 10 --images 2 --repeats 2 --warmup 1 --build-images 48 --skip-link / --skip-rss / --skip-build.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -39,8 +46,18 @@ if getattr(sys.modules.get("data_gen"), "__file__", None) == os.path.abspath(__f
     del sys.modules["data_gen"]
 
 from data_gen import link  # noqa: E402
+from data_gen.segment import load_masks  # noqa: E402
 from data_gen.segment import names as organ_names  # noqa: E402
-from data_gen.types import LoadedImage, OrganMasks  # noqa: E402
+from data_gen.segment.sources import binarize_png  # noqa: E402
+from data_gen.types import ImageItem, LoadedImage, OrganMasks  # noqa: E402
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError as e:
+        raise SystemExit("this benchmark reads masks with OpenCV: pip install opencv-python-headless") from e
+    return cv2
 
 # ---- inputs ------------------------------------------------------------------------------------------------------
 
@@ -119,6 +136,48 @@ def make_link_inputs(size: int = 2048, n_masks: int = 159, n_lesions: int = 10, 
     return masks, list(names), np.clip(np.asarray(boxes), 0, s - 1)
 
 
+# ---- the readers ---------------------------------------------------------------------------------------------------
+
+
+def write_cxas_jpegs(folder: str, masks: np.ndarray, names: Sequence[str]) -> None:
+    """One `<class>.jpg` per mask (0/255 grey, OpenCV's default quality), as CXAS exports them."""
+    cv2 = _cv2()
+    os.makedirs(folder, exist_ok=True)
+    for name, m in zip(names, masks):
+        path = os.path.join(folder, f"{name}.jpg")
+        if not cv2.imwrite(path, m.view(np.uint8) * np.uint8(255)):
+            raise OSError(f"could not write {path}")
+
+
+def authors_read(folder: str) -> tuple[list[str], list[np.ndarray]]:
+    """The authors' mask reading: every file of the anatomy folder with `cv2.imread(path, 0)` (uint8, full size),
+    names = file stems."""
+    cv2 = _cv2()
+    files = sorted(os.listdir(folder))
+    return [os.path.splitext(f)[0] for f in files], [cv2.imread(os.path.join(folder, f), 0) for f in files]
+
+
+def pillow_read(folder: str) -> np.ndarray:
+    """This project's reader before OpenCV: Pillow, "L", `binarize_png`, one bool stack at full size."""
+    from PIL import Image
+
+    planes = []
+    for f in sorted(os.listdir(folder)):
+        with Image.open(os.path.join(folder, f)) as im:
+            planes.append(binarize_png(np.asarray(im.convert("L") if im.mode != "L" else im)))
+    return np.stack(planes)
+
+
+def _bench_image(size: int) -> LoadedImage:
+    return LoadedImage(pixels=np.zeros((size, size), np.uint8), modality="xray", spacing_mm=(0.14, 0.14))
+
+
+def ours_read(folder: str, size: int, grid_max_side: Optional[int] = None) -> OrganMasks:
+    """`load_masks` on the folder: the default linking grid, or `grid_max_side` (0: full resolution)."""
+    item = ImageItem(path="bench.png", source="bench", image_key="bench", patient_key="p", mask_ref=folder)
+    return load_masks(item, _bench_image(size), {"source": "png_dir", "grid_max_side": grid_max_side})
+
+
 # ---- the linkers ---------------------------------------------------------------------------------------------------
 
 
@@ -146,12 +205,12 @@ def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def authors_link(boxes: np.ndarray, masks_u8: np.ndarray, names: Sequence[str]) -> list[str]:
+def authors_link(boxes: np.ndarray, masks_u8: Sequence[np.ndarray], names: Sequence[str]) -> list[str]:
     """The authors' released code path, re-implemented faithfully: for every lesion, for every organ mask (as
     their reader returns it, uint8 0/255 on the image grid), recompute the mask's bounding box
     (`_authors_mask_box`), IoU with the normalized lesion box; the first strictly highest wins (directory order),
     `unknown` when nothing overlaps."""
-    h, w = masks_u8.shape[1:]
+    h, w = masks_u8[0].shape
     out = []
     for x1, y1, x2, y2 in boxes.tolist():
         lesion = [x1 / w, y1 / h, x2 / w, y2 / h]
@@ -196,9 +255,9 @@ def ours_link(boxes: np.ndarray, organ_masks: OrganMasks, image: LoadedImage) ->
     return [r.organ for r in link.link_lesions(boxes, organ_masks, image, {"min_score": 0.1})]
 
 
-def _times(fn: Callable[[], list[str]], warmup: int, repeats: int) -> tuple[list[float], list[str]]:
+def _times(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[list[float], Any]:
     """`warmup` untimed calls, then `repeats` timed ones (ms each) and the last result."""
-    result: list[str] = []
+    result: Any = None
     for _ in range(warmup):
         result = fn()
     times = []
@@ -209,24 +268,39 @@ def _times(fn: Callable[[], list[str]], warmup: int, repeats: int) -> tuple[list
     return times, result
 
 
-def bench_link(size: int = 2048, n_masks: int = 159, n_lesions: int = 10, images: int = 2, repeats: int = 2,
-               warmup: int = 1, seed: int = 0) -> list[dict]:
-    """Times the three linkers on identical inputs, the same way (per image: `warmup` untimed calls, then
-    `repeats` timed ones; the median over all images and repeats). Returns one row per linker."""
-    linkers = ("authors_code", "authors_rule_once", "ours")
-    ms: dict[str, list[float]] = {k: [] for k in linkers}
-    same_rule = agree = total = 0
+def bench_masks(folder: str, size: int = 2048, n_masks: int = 159, n_lesions: int = 10, images: int = 2,
+                repeats: int = 2, warmup: int = 1, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Times the readers and the linkers on identical inputs, the same way (see the module docstring). Writes each
+    image's masks under `folder/image<i>` (kept for `bench_rss`). Returns (reading rows, linking rows)."""
+    readers = ("authors_read", "pillow_read", "ours_full_read", "ours_read")
+    linkers = ("authors_code", "authors_rule_once", "ours_full", "ours")
+    ms: dict[str, list[float]] = {k: [] for k in readers + linkers}
+    held: dict[str, float] = {}
+    same_rule = agree = grid_agree = total = 0
     for i in range(images):
         masks, raw_names, boxes = make_link_inputs(size, n_masks, n_lesions, seed + i)
-        masks_u8 = masks.view(np.uint8) * np.uint8(255)  # what their reader (a grey-scale PNG read) returns
-        display = [organ_names.display_name(n) for n in raw_names]
-        keep = masks.reshape(len(masks), -1).any(axis=1)  # load_masks drops empty masks
-        om = OrganMasks(names=[d for d, k in zip(display, keep) if k], masks=masks if keep.all() else masks[keep],
-                        source="bench")
-        image = LoadedImage(pixels=np.zeros((size, size), np.uint8), modality="xray", spacing_mm=(0.14, 0.14))
-        calls = {"authors_code": lambda: authors_link(boxes, masks_u8, raw_names),
-                 "authors_rule_once": lambda: authors_rule_once(boxes, masks, raw_names),
-                 "ours": lambda: ours_link(boxes, om, image)}
+        image_dir = os.path.join(folder, f"image{i}")
+        write_cxas_jpegs(image_dir, masks, raw_names)
+        np.save(os.path.join(image_dir + ".boxes.npy"), boxes)
+        del masks
+        reads = {"authors_read": lambda: authors_read(image_dir), "pillow_read": lambda: pillow_read(image_dir),
+                 "ours_full_read": lambda: ours_read(image_dir, size, 0),
+                 "ours_read": lambda: ours_read(image_dir, size)}
+        got: dict[str, Any] = {}
+        for name in readers:
+            t, got[name] = _times(reads[name], warmup, repeats)
+            ms[name] += t
+        held = {"authors_read": sum(m.nbytes for m in got["authors_read"][1]) / 2**20,
+                "pillow_read": got.pop("pillow_read").nbytes / 2**20,
+                "ours_full_read": got["ours_full_read"].masks.nbytes / 2**20,
+                "ours_read": got["ours_read"].masks.nbytes / 2**20}
+        names, masks_u8 = got["authors_read"]
+        binary = np.stack([m > 127 for m in masks_u8])  # binarized once, when read, as ours are
+        image = _bench_image(size)
+        calls = {"authors_code": lambda: authors_link(boxes, masks_u8, names),
+                 "authors_rule_once": lambda: authors_rule_once(boxes, binary, names),
+                 "ours_full": lambda: ours_link(boxes, got["ours_full_read"], image),
+                 "ours": lambda: ours_link(boxes, got["ours_read"], image)}
         results = {}
         for name in linkers:
             t, results[name] = _times(calls[name], warmup, repeats)
@@ -235,29 +309,94 @@ def bench_link(size: int = 2048, n_masks: int = 159, n_lesions: int = 10, images
         assert results["authors_rule_once"] == results["authors_code"], "the two implementations of one rule differ"
         same_rule += n_lesions
         agree += sum(organ_names.display_name(b) == o for b, o in zip(results["authors_code"], results["ours"]))
+        grid_agree += sum(a == b for a, b in zip(results["ours"], results["ours_full"]))
         total += n_lesions
-        del masks_u8
+        del got, masks_u8, binary
     med = {k: float(np.median(v)) for k, v in ms.items()}
-    base = med["authors_code"]
-    labels = {"authors_code": "authors' code path (bbox IoU)", "authors_rule_once": "same rule, boxes once",
-              "ours": "link_lesions (containment)"}
-    notes = {"authors_code": "per lesion x mask: binarize > 127, bounding box",
-             "authors_rule_once": f"same organ as authors' code for {same_rule}/{total} lesions",
-             "ours": f"same organ as authors' rule for {agree}/{total} lesions"}
-    return [{"linker": labels[k], "ms_per_image": med[k], "speedup": base / med[k],
-             "vs_rule_once": med["authors_rule_once"] / med[k], "images": images, "repeats": repeats,
-             "note": notes[k]} for k in linkers]
+    read_labels = {"authors_read": "authors' cv2.imread loop", "pillow_read": "Pillow reader (before)",
+                   "ours_full_read": "load_masks, full resolution", "ours_read": "load_masks, 1024 grid"}
+    read_notes = {"authors_read": "uint8 0/255 at full size", "pillow_read": "bool stack at full size",
+                  "ours_full_read": "OpenCV, bool stack at full size",
+                  "ours_read": "OpenCV, JPEG at 1/2 scale, coverage per 2x2 cell"}
+    reading = [{"name": read_labels[k], "ms_per_image": med[k], "speedup": med["authors_read"] / med[k],
+                "mb": held[k], "note": read_notes[k]} for k in readers]
+    link_labels = {"authors_code": "authors' code path (bbox IoU)", "authors_rule_once": "same rule, boxes once",
+                   "ours_full": "link_lesions, full resolution", "ours": "link_lesions, 1024 grid"}
+    link_notes = {"authors_code": "per lesion x mask: binarize > 127, bounding box",
+                  "authors_rule_once": f"same organ as authors' code for {same_rule}/{total} lesions",
+                  "ours_full": f"containment, bool masks at {size} px",
+                  "ours": f"same organ as at full resolution for {grid_agree}/{total}; as authors' rule for "
+                          f"{agree}/{total}"}
+    linking = [{"name": link_labels[k], "ms_per_image": med[k], "speedup": med["authors_code"] / med[k],
+                "vs_rule_once": med["authors_rule_once"] / med[k], "note": link_notes[k]} for k in linkers]
+    return reading, linking
+
+
+# ---- peak memory per worker --------------------------------------------------------------------------------------
+
+RSS_MODES = ("imports", "authors", "ours_full", "ours")
+
+
+def rss_child(mode: str, image_dir: str, size: int) -> None:
+    """In a fresh process: read one image's masks and link its lesions as `mode` does, print the peak RSS (MB)."""
+    boxes = np.load(image_dir + ".boxes.npy")
+    if mode == "authors":
+        names, masks_u8 = authors_read(image_dir)
+        authors_link(boxes, masks_u8, names)
+    elif mode in ("ours_full", "ours"):
+        om = ours_read(image_dir, size, 0 if mode == "ours_full" else None)
+        ours_link(boxes, om, _bench_image(size))
+    elif mode == "imports":  # what every worker loads anyway: numpy, OpenCV, Pillow, data_gen's readers
+        _cv2()
+        from PIL import Image  # noqa: F401
+    else:
+        raise SystemExit(f"unknown --rss-child mode {mode!r}")
+    print(_peak_rss_mb())
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM of its own address space. `getrusage`'s ru_maxrss survives
+    fork + exec on Linux, so a child started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, bytes on macOS
+
+
+def bench_rss(folder: str, size: int) -> list[dict]:
+    """Peak RSS of one worker per mode (`rss_child` in a fresh interpreter each), on `folder/image0`."""
+    rows = []
+    for mode in RSS_MODES:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", mode, "--rss-dir",
+                              os.path.join(folder, "image0"), "--size", str(size)],
+                             check=True, capture_output=True, text=True)
+        rows.append({"mode": mode, "peak_mb": float(out.stdout.split()[-1])})
+    return rows
 
 
 # ---- table -------------------------------------------------------------------------------------------------------
 
 
-def print_table(title: str, rows: list[dict]) -> None:
+def print_masks(reading: list[dict], linking: list[dict], rss: list[dict], title: str) -> None:
     print(f"\n{title}")
-    print(f"{'linker':<32} {'ms/image':>10} {'vs authors':>11} {'vs once':>8}  note")
-    for r in rows:
-        print(f"{r['linker']:<32} {r['ms_per_image']:>10.1f} {r['speedup']:>10.1f}x {r['vs_rule_once']:>7.2f}x  "
-              f"{r.get('note', '')}")
+    print(f"{'mask reader':<32} {'ms/image':>10} {'vs authors':>11} {'MB held':>8}  note")
+    for r in reading:
+        print(f"{r['name']:<32} {r['ms_per_image']:>10.1f} {r['speedup']:>10.2f}x {r['mb']:>8.0f}  {r['note']}")
+    print(f"\n{'linker':<32} {'ms/image':>10} {'vs authors':>11} {'vs once':>8}  note")
+    for r in linking:
+        print(f"{r['name']:<32} {r['ms_per_image']:>10.1f} {r['speedup']:>10.1f}x {r['vs_rule_once']:>7.2f}x  "
+              f"{r['note']}")
+    if rss:
+        base = rss[0]["peak_mb"]
+        labels = {"imports": "imports only", "authors": "authors' read + link", "ours_full":
+                  "load_masks + link, full resolution", "ours": "load_masks + link, 1024 grid"}
+        print(f"\n{'one worker, one image':<36} {'peak RSS MB':>12} {'above imports':>14}")
+        for r in rss:
+            print(f"{labels[r['mode']]:<36} {r['peak_mb']:>12.0f} {r['peak_mb'] - base:>14.0f}")
 
 
 # ---- build throughput ----------------------------------------------------------------------------------------
@@ -353,12 +492,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--build-images", type=int, default=48)
     p.add_argument("--skip-link", action="store_true")
+    p.add_argument("--skip-rss", action="store_true")
     p.add_argument("--skip-build", action="store_true")
+    p.add_argument("--rss-child", choices=RSS_MODES, help=argparse.SUPPRESS)
+    p.add_argument("--rss-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rss_child:
+        rss_child(args.rss_child, args.rss_dir, args.size)
+        return
     if not args.skip_link:
-        rows = bench_link(args.size, args.masks, args.lesions, args.images, args.repeats, args.warmup)
-        print_table(f"Linking: {args.size}x{args.size}, {args.masks} organ masks, {args.lesions} lesions per image",
-                    rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            reading, linking = bench_masks(tmp, args.size, args.masks, args.lesions, args.images, args.repeats,
+                                           args.warmup)
+            rss = [] if args.skip_rss else bench_rss(tmp, args.size)
+        print_masks(reading, linking, rss, f"CXAS-scale masks: {args.size}x{args.size}, {args.masks} JPEG masks, "
+                    f"{args.lesions} lesions per image, {args.images} images x {args.repeats} repeats "
+                    f"({args.warmup} warm-up)")
     if not args.skip_build:
         print_build(*bench_build(args.build_images))
 

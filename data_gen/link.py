@@ -43,13 +43,14 @@ Location:
     the right lung on a radiograph, "left lobe of liver" (liver lobes approximated: see `_liver_lobe`),
     "lower pole of left kidney", else the host's name; "near ..." for the nearest-organ fallback.
 
-Speed: the only full-resolution work is counting mask pixels inside the boxes. For the usual few boxes per image
-the counts come from the box crops of all K masks at once (8 pixels per popcount): at 2048 x 2048 with 159 masks
-a summed-area table of every mask would read all 667 MB of masks and write 2.7 GB of int32, while ten lesion
-crops read a few percent of it. When the boxes' total area
-exceeds `SAT_AREA_FACTOR` image areas, from summed-area tables of the K masks (built in chunks of `SAT_CHUNK`
-masks), read for all N boxes x K organs with one fancy-indexing gather. Mask areas and extents are computed only
-for the organs that need them (IoU ties, hosts, midline).
+Grid: masks arrive on the linking grid (`OrganMasks.cell` image pixels per cell, `data_gen.segment.grid`); boxes
+stay in image pixels and every count is in image pixels: each cell's coverage times the box pixels it holds
+(`grid_box_counts`); extents, distances and the liver's split column are read off the cells a mask touches.
+With cell 1 (images up to `masks.grid_max_side`) everything is exactly per pixel.
+
+Speed: the only work over the masks is counting mask cells inside the boxes (crops of all K masks at once, or
+summed-area tables when the boxes cover much of the image: `data_gen.segment.grid`). Mask areas and extents are
+computed only for the organs that need them (IoU ties, hosts, midline).
 """
 
 from __future__ import annotations
@@ -62,12 +63,12 @@ import numpy as np
 
 from data_gen.errors import ConfigError
 from data_gen.segment import names as organ_names
+from data_gen.segment.grid import SAT_CHUNK, full_value, grid_box_counts, grid_shape, pixel_ranges
+from data_gen.segment.grid import box_mask_counts  # noqa: F401  (part of this module's interface)
 from data_gen.types import LinkResult, LoadedImage, OrganMasks
 from medclm_jax.config_file import settings_from
 
 TIE_EPS = 1e-6
-SAT_AREA_FACTOR = 2.0
-SAT_CHUNK = 16
 MAX_DISTANCE_FRACTION = 0.05  # nearest-organ radius without pixel spacing, as a share of the image's long side
 AXIAL_MODALITIES = ("ct", "mri", "mr", "pet", "pt", "nm", "spect")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "XTABLE LATERAL")  # DICOM ViewPosition of lateral radiographs
@@ -126,107 +127,70 @@ class LinkSettings:
         return MAX_DISTANCE_FRACTION * max(height, width)
 
 
-# ---- counting ------------------------------------------------------------------------------------------------------
-
-def pixel_ranges(boxes_px: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Float xyxy boxes `[N, 4]` -> int `[N, 4]` pixel ranges `(r0, r1, c0, c1)`, end-exclusive (rule 1)."""
-    b = np.asarray(boxes_px, np.float64).reshape(-1, 4)
-    c0 = np.clip(np.floor(b[:, 0]), 0, width - 1).astype(np.int64)
-    r0 = np.clip(np.floor(b[:, 1]), 0, height - 1).astype(np.int64)
-    c1 = np.clip(np.ceil(b[:, 2]), 0, width).astype(np.int64)
-    r1 = np.clip(np.ceil(b[:, 3]), 0, height).astype(np.int64)
-    c1 = np.maximum(c1, c0 + 1)
-    r1 = np.maximum(r1, r0 + 1)
-    return np.stack([r0, r1, c0, c1], axis=1)
-
-
-def _crop_counts(masks: np.ndarray, ranges: np.ndarray) -> np.ndarray:
-    k = masks.shape[0]
-    out = np.zeros((len(ranges), k), np.int64)
-    fast = hasattr(np, "bitwise_count") and masks.dtype == bool and masks.strides[-1] == 1
-    for i, (r0, r1, c0, c1) in enumerate(ranges.tolist()):
-        if not fast:
-            out[i] = masks[:, r0:r1, c0:c1].reshape(k, -1).sum(axis=1)
-            continue
-        a, b = (c0 + 7) // 8 * 8, c1 // 8 * 8  # 8-aligned middle: one uint64 = 8 bool bytes = popcount
-        if b - a >= 8:
-            mid = masks[:, r0:r1, a:b].view(np.uint64)
-            out[i] = np.bitwise_count(mid).sum(axis=(1, 2), dtype=np.int64)
-            out[i] += masks[:, r0:r1, c0:a].sum(axis=(1, 2), dtype=np.int64)
-            out[i] += masks[:, r0:r1, b:c1].sum(axis=(1, 2), dtype=np.int64)
-        else:
-            out[i] = masks[:, r0:r1, c0:c1].sum(axis=(1, 2), dtype=np.int64)
-    return out
-
-
-def _sat_counts(masks: np.ndarray, ranges: np.ndarray) -> np.ndarray:
-    k, h, w = masks.shape
-    r0, r1, c0, c1 = (ranges[:, j] for j in range(4))
-    out = np.zeros((len(ranges), k), np.int64)
-    dtype = np.int32 if h * w < 2**31 else np.int64
-    for s in range(0, k, SAT_CHUNK):
-        chunk = masks[s:s + SAT_CHUNK]
-        sat = np.zeros((chunk.shape[0], h + 1, w + 1), dtype)
-        np.cumsum(chunk, axis=1, dtype=dtype, out=sat[:, 1:, 1:])
-        np.cumsum(sat[:, 1:, 1:], axis=2, out=sat[:, 1:, 1:])
-        # [chunk, N] for all boxes at once: the four corners of every box, gathered by fancy indexing.
-        counts = sat[:, r1, c1] - sat[:, r0, c1] - sat[:, r1, c0] + sat[:, r0, c0]
-        out[:, s:s + chunk.shape[0]] = counts.T
-    return out
-
-
-def box_mask_counts(masks: np.ndarray, ranges: np.ndarray, method: str = "auto") -> np.ndarray:
-    """Mask pixels inside each box: int64 `[N, K]` for bool masks `[K, H, W]` and pixel ranges `[N, 4]`.
-
-    Args:
-      method: 'crop' (box crops of all K masks), 'sat' (summed-area tables) or 'auto' (by total box area).
-    """
-    k, h, w = masks.shape
-    if len(ranges) == 0 or k == 0:
-        return np.zeros((len(ranges), k), np.int64)
-    if method == "auto":
-        area = int(((ranges[:, 1] - ranges[:, 0]) * (ranges[:, 3] - ranges[:, 2])).sum())
-        method = "sat" if area > SAT_AREA_FACTOR * h * w else "crop"
-    if method == "sat":
-        return _sat_counts(masks, ranges)
-    if method == "crop":
-        return _crop_counts(masks, ranges)
-    raise ValueError(f"unknown counting method {method!r}")
-
-
 # ---- per-organ facts, computed on demand -------------------------------------------------------------------------
 
 class _OrganFacts:
-    """Areas and extents of organ masks, each computed once and only when asked for."""
+    """Areas and extents of organ masks in image pixels, each computed once and only when asked for.
 
-    def __init__(self, masks: np.ndarray):
+    Masks on a grid of `cell`-pixel cells (coverage, `data_gen.segment.grid`): an area is the cells' coverage x
+    cell^2, an extent runs over the cells the mask touches, its end cells read as `_extent` says.
+    """
+
+    def __init__(self, masks: np.ndarray, cell: int = 1, image_shape: Optional[tuple[int, int]] = None,
+                 bounds: Optional[np.ndarray] = None):
         self.masks = masks
-        self._area: dict[int, int] = {}
+        self.bounds = bounds  # `OrganMasks.bounds`: extents read only inside them
+        self.cell = cell
+        self.image_shape = image_shape or (masks.shape[1] * cell, masks.shape[2] * cell)
+        self._area: dict[int, float] = {}
         self._rows: dict[int, tuple[int, int]] = {}
         self._cols: dict[int, tuple[int, int]] = {}
 
-    def area(self, k: int) -> int:
+    def area(self, k: int) -> float:
         if k not in self._area:
-            self._area[k] = int(np.count_nonzero(self.masks[k]))
+            cells = np.count_nonzero(self.masks[k]) if self.masks.dtype == bool else \
+                self.masks[k].sum(dtype=np.int64) / full_value(self.masks)
+            self._area[k] = float(cells) * self.cell ** 2
         return self._area[k]
 
+    def _crop(self, k: int) -> tuple[np.ndarray, int, int]:
+        """Mask k inside its bounding box when known, with the box's first row and column."""
+        if self.bounds is None:
+            return self.masks[k], 0, 0
+        r0, r1, c0, c1 = (int(v) for v in self.bounds[k])
+        return self.masks[k, r0:r1, c0:c1], r0, c0
+
+    def _extent(self, lines: np.ndarray, size: int, offset: int) -> tuple[int, int]:
+        """First and last pixel line of a mask whose cell lines (rows, or columns transposed) are `lines`. In an
+        end line of cells, the mask reaches as many pixel lines into it as the coverage of its densest cell needs
+        at least (a line holds `cell` of its pixels; a tenth of a line is left for JPEG noise): a flat border half
+        way through a row of 2-pixel cells starts at the cell's second pixel row, a pointed apex at its first."""
+        touched = np.flatnonzero(lines.any(axis=1))
+        if not len(touched):
+            return 0, -1
+        full = full_value(self.masks)
+        depth = [max(1, math.ceil(int(lines[i].max()) / full * self.cell - 0.1)) for i in (touched[0], touched[-1])]
+        first, last = int(touched[0]) + offset, int(touched[-1]) + offset
+        return (first + 1) * self.cell - depth[0], min(size, last * self.cell + depth[1]) - 1
+
     def rows(self, k: int) -> tuple[int, int]:
-        """First and last row holding the mask (inclusive)."""
+        """First and last pixel row holding the mask (inclusive)."""
         if k not in self._rows:
-            r = np.flatnonzero(self.masks[k].any(axis=1))
-            self._rows[k] = (int(r[0]), int(r[-1])) if len(r) else (0, -1)
+            plane, r0, _ = self._crop(k)
+            self._rows[k] = self._extent(plane, self.image_shape[0], r0)
         return self._rows[k]
 
     def cols(self, k: int) -> tuple[int, int]:
+        """First and last pixel column holding the mask (inclusive)."""
         if k not in self._cols:
-            c = np.flatnonzero(self.masks[k].any(axis=0))
-            self._cols[k] = (int(c[0]), int(c[-1])) if len(c) else (0, -1)
+            plane, _, c0 = self._crop(k)
+            self._cols[k] = self._extent(plane.T, self.image_shape[1], c0)
         return self._cols[k]
 
 
 # ---- choosing the host ---------------------------------------------------------------------------------------------
 
-def _iou(inter: int, box_area: int, mask_area: int) -> float:
+def _iou(inter: float, box_area: int, mask_area: float) -> float:
     union = box_area + mask_area - inter
     return inter / union if union > 0 else 0.0
 
@@ -239,7 +203,7 @@ def _best(cands: list[int], score: np.ndarray, names: list[str], inter: np.ndarr
     if len(tied) > 1:  # drop every tied structure that has a tied part: "right lung" yields to its zone
         tied = [k for k in tied if not any(organ_names.is_part_of(names[j], names[k]) for j in tied if j != k)]
     if len(tied) > 1:
-        ious = {k: _iou(int(inter[k]), box_area, facts.area(k)) for k in tied}
+        ious = {k: _iou(float(inter[k]), box_area, facts.area(k)) for k in tied}
         best_iou = max(ious.values())
         tied = [k for k in tied if ious[k] >= best_iou - 1e-12]
     return min(tied, key=lambda k: names[k])
@@ -273,17 +237,18 @@ def _choose(containment: np.ndarray, inter: np.ndarray, box_area: int, names: li
 
 def _nearest(rng: np.ndarray, box: np.ndarray, masks: np.ndarray, eligible: np.ndarray,
              spacing: Optional[tuple[float, float]], max_dist: float, names: list[str],
-             spec: np.ndarray) -> Optional[tuple[int, float, Optional[float]]]:
-    """Nearest eligible organ within `max_dist` (mm with spacing, else px): (k, distance px, distance mm)."""
+             spec: np.ndarray, cell: int = 1) -> Optional[tuple[int, float, Optional[float]]]:
+    """Nearest eligible organ within `max_dist` (mm with spacing, else px): (k, distance px, distance mm), from
+    the centres of the mask's cells (its pixels when `cell` is 1)."""
     _, h, w = masks.shape
     sr, sc = (spacing if spacing else (1.0, 1.0))
     reach_r, reach_c = int(math.ceil(max_dist / sr)) + 1, int(math.ceil(max_dist / sc)) + 1
     r0, r1, c0, c1 = rng.tolist()
-    wr0, wr1 = max(0, r0 - reach_r), min(h, r1 + reach_r)
-    wc0, wc1 = max(0, c0 - reach_c), min(w, c1 + reach_c)
+    wr0, wr1 = max(0, r0 - reach_r) // cell, min(h, -(-(r1 + reach_r) // cell))
+    wc0, wc1 = max(0, c0 - reach_c) // cell, min(w, -(-(c1 + reach_c) // cell))
     x1, y1, x2, y2 = box.tolist()
-    yc = np.arange(wr0, wr1) + 0.5
-    xc = np.arange(wc0, wc1) + 0.5
+    yc = (np.arange(wr0, wr1) + 0.5) * cell
+    xc = (np.arange(wc0, wc1) + 0.5) * cell
     dy = np.maximum(np.maximum(y1 - yc, yc - y2), 0.0)[:, None]
     dx = np.maximum(np.maximum(x1 - xc, xc - x2), 0.0)[None, :]
     d_px = np.sqrt(dy ** 2 + dx ** 2).astype(np.float32)
@@ -368,17 +333,17 @@ def _zone(k: int, organ: str, box: np.ndarray, facts: _OrganFacts) -> str:
     return "upper" if t < 1 / 3 else ("middle" if t < 2 / 3 else "lower")
 
 
-def _liver_lobe(k: int, box: np.ndarray, masks: np.ndarray, col_direction: str) -> str:
+def _liver_lobe(k: int, box: np.ndarray, masks: np.ndarray, col_direction: str, cell: int = 1) -> str:
     """'right lobe of liver' / 'left lobe of liver': the box centre against the column where
     LIVER_RIGHT_LOBE_FRACTION of the liver's area, counted from the patient's right, is reached."""
     col_area = masks[k].sum(axis=0).astype(np.float64)
     if str(col_direction).upper() == "R":
         col_area = col_area[::-1]
     cum = np.cumsum(col_area)
-    split = float(np.searchsorted(cum, LIVER_RIGHT_LOBE_FRACTION * cum[-1]))
+    split = float(np.searchsorted(cum, LIVER_RIGHT_LOBE_FRACTION * cum[-1])) * cell
     cx = (box[0] + box[2]) / 2.0
     if str(col_direction).upper() == "R":
-        cx = masks.shape[2] - cx
+        cx = masks.shape[2] * cell - cx
     return "right lobe of liver" if cx < split else "left lobe of liver"
 
 
@@ -387,7 +352,7 @@ _BILATERAL = {"body", "bone", "skeleton", "thoracic cage", "ribs", "breasts", "d
 
 
 def _location(organ: str, k: int, box: np.ndarray, laterality: Optional[str], zone: Optional[str], masks: np.ndarray,
-              col_direction: str) -> str:
+              col_direction: str, cell: int = 1) -> str:
     if organ.endswith(" zone of lung"):
         return organ[: -len(" of lung")]
     if organ.endswith(" lobe of lung"):
@@ -399,7 +364,7 @@ def _location(organ: str, k: int, box: np.ndarray, laterality: Optional[str], zo
             return f"{prefix}{_ZONE_WORD[zone]} zone"
         return f"{side} lung" if side in ("right", "left") else "lungs"
     if organ == "liver":
-        return _liver_lobe(k, box, masks, col_direction)
+        return _liver_lobe(k, box, masks, col_direction, cell)
     if organ in ("right kidney", "left kidney") and zone:
         return f"{zone} pole of {organ}" if zone != "middle" else f"interpolar region of {organ}"
     if organ in _BILATERAL and laterality in ("right", "left"):
@@ -414,7 +379,8 @@ def link_lesions(boxes_px: np.ndarray, masks: OrganMasks, image: LoadedImage, cf
 
     Args:
       boxes_px: float `[N, 4]` pixel xyxy boxes on `image.pixels`' grid.
-      masks: the image's organ masks (bool `[K, H, W]` on the same grid, display names).
+      masks: the image's organ masks (bool `[K, h, w]` on the image's linking grid of `masks.cell` pixel cells,
+        display names).
       image: the loaded image (size, modality, `spacing_mm` (row, col), `col_direction`).
       cfg: `LinkSettings`, or the `link` ConfigDict / dict it is read from; None: the defaults.
 
@@ -425,9 +391,11 @@ def link_lesions(boxes_px: np.ndarray, masks: OrganMasks, image: LoadedImage, cf
     h, w = image.height, image.width
     names = list(masks.names)
     k_all = len(names)
+    cell = int(masks.cell) if k_all else 1
     m = masks.masks if k_all else np.zeros((0, h, w), bool)
-    if k_all and m.shape[1:] != (h, w):
-        raise ValueError(f"masks are {m.shape[1:]} but the image is {(h, w)}; load_masks resamples them")
+    if k_all and m.shape[1:] != grid_shape(h, w, cell):
+        raise ValueError(f"masks are {m.shape[1:]} at {cell} pixel(s) per cell, but the image is {(h, w)} (a "
+                         f"{grid_shape(h, w, cell)} grid); load_masks resamples them")
     settings = LinkSettings.from_config(cfg)
     min_score = settings.min_score
     spacing = tuple(float(s) for s in image.spacing_mm) if image.spacing_mm else None
@@ -437,12 +405,12 @@ def link_lesions(boxes_px: np.ndarray, masks: OrganMasks, image: LoadedImage, cf
 
     ranges = pixel_ranges(boxes, h, w)
     box_area = (ranges[:, 1] - ranges[:, 0]) * (ranges[:, 3] - ranges[:, 2])
-    inter = box_mask_counts(m, ranges)
+    inter = grid_box_counts(m, ranges, cell, bounds=masks.bounds if k_all else None)
     containment = inter / box_area[:, None]
     spec = np.asarray([organ_names.specificity(n) for n in names], np.int64)
     eligible = np.asarray([organ_names.is_host_candidate(n) for n in names], bool)
     overlay = np.asarray([organ_names.is_overlay(n) for n in names], bool)
-    facts = _OrganFacts(m)
+    facts = _OrganFacts(m, cell, (h, w), masks.bounds if k_all else None)
     midline: Optional[float] = None
 
     results = []
@@ -455,7 +423,7 @@ def link_lesions(boxes_px: np.ndarray, masks: OrganMasks, image: LoadedImage, cf
         if k is not None:
             score = float(containment[i, k])
         elif k_all and eligible.any():
-            near = _nearest(ranges[i], box, m, eligible, spacing, max_dist, names, spec)
+            near = _nearest(ranges[i], box, m, eligible, spacing, max_dist, names, spec, cell)
             if near is not None:
                 k, d_px, d_mm = near
                 method = "nearest"
@@ -473,7 +441,7 @@ def link_lesions(boxes_px: np.ndarray, masks: OrganMasks, image: LoadedImage, cf
         organ = names[k]
         lat = _laterality(organ, box, midline, image.col_direction, lateral_view)
         zone = _zone(k, organ, box, facts) if radiograph else _zone_from_name(organ)
-        loc = _location(organ, k, box, lat, zone, m, image.col_direction)
+        loc = _location(organ, k, box, lat, zone, m, image.col_direction, cell)
         if method == "nearest":
             loc = f"near {loc}"
         results.append(LinkResult(organ=organ, score=score, method=method, distance_px=round(d_px, 3),

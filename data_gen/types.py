@@ -118,17 +118,24 @@ class LoadedImage:
 
 @dataclasses.dataclass
 class OrganMasks:
-    """Organ masks on the image grid.
+    """Organ masks on the image's linking grid (`data_gen.segment.grid`).
 
     Attributes:
       names: display names ("right upper zone of lung", "liver"), one per mask, from `data_gen.segment.names`.
-      masks: bool `[K, H, W]` on the same grid as `LoadedImage.pixels` (resampled by the mask source).
+      masks: bool `[K, ceil(H / cell), ceil(W / cell)]` for a `LoadedImage` of `H x W` pixels (resampled by the
+        mask source); with `cell` 1, the image's own grid.
       source: where they came from (`png_dir`, `totalseg`, `builtin`, ...), for dataset_info.
+      cell: image pixels per mask cell along each axis (a power of two; `masks.grid_max_side` bounds the grid).
+      bounds: int `[K, 4]` each mask's bounding box on its grid, `(r0, r1, c0, c1)` end-exclusive (`load_masks`
+        computes it while checking for empty masks; linking then reads only where a mask can meet a box), or
+        None when not known.
     """
 
     names: list[str]
     masks: np.ndarray
     source: str = ""
+    cell: int = 1
+    bounds: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.names)

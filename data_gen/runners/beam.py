@@ -6,12 +6,21 @@
 DirectRunner in tests; Dataflow / Flink / Spark through the usual `--runner` pipeline options. The driver then
 assembles dataset_info.json from the shard summaries exactly as the local runner does, so both give the same
 output bytes.
+
+Stopping: Ctrl-C or SIGTERM (which the command turns into `KeyboardInterrupt`) interrupts the DirectRunner's
+in-process bundle where it is; Beam re-raises what a transform raised wrapped in a `RuntimeError` naming the step,
+so `run_shards` re-raises the interrupt itself (and keeps Beam from logging it as a step's error with a
+traceback), and the command stops with the local runner's message and status.
+A shard is written under hidden temporary names and renamed only when complete (`medclm_jax.records.shards`),
+so an interrupted Write leaves no shard that looks finished. A remote runner's job (Dataflow, ...) is the
+service's: stopping this driver does not cancel it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Sequence
+import logging
+from typing import Optional, Sequence
 
 from data_gen.runners.shards import ShardSpec
 
@@ -54,12 +63,39 @@ def run_shards(out_dir: str, specs: list[ShardSpec], cfg, class_vocab: dict[str,
 
     elements = [(s.filename, i, item) for s in specs for i, item in enumerate(s.items)]
     options = PipelineOptions(list(pipeline_args) or ["--runner=DirectRunner"])
-    with beam.Pipeline(options=options) as p:
-        _ = (
-            p
-            | "Images" >> beam.Create(elements)
-            | "Spread" >> beam.Reshuffle()
-            | "Convert" >> beam.ParDo(ConvertFn())
-            | "ByShard" >> beam.GroupByKey()
-            | "Write" >> beam.Map(write)
-        )
+    step_log = logging.getLogger("apache_beam.runners.common")  # where Beam logs what a transform raised
+    step_log.addFilter(_not_an_interrupt)
+    try:
+        with beam.Pipeline(options=options) as p:
+            _ = (
+                p
+                | "Images" >> beam.Create(elements)
+                | "Spread" >> beam.Reshuffle()
+                | "Convert" >> beam.ParDo(ConvertFn())
+                | "ByShard" >> beam.GroupByKey()
+                | "Write" >> beam.Map(write)
+            )
+    except Exception as e:
+        interrupt = _interrupt_in(e)
+        if interrupt is None:
+            raise
+        raise interrupt from None
+    finally:
+        step_log.removeFilter(_not_an_interrupt)
+
+
+def _not_an_interrupt(record: logging.LogRecord) -> bool:
+    """A logging filter: drops a record of a KeyboardInterrupt (a stop, not a step's failure)."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+def _interrupt_in(e: BaseException) -> Optional[KeyboardInterrupt]:
+    """The KeyboardInterrupt (Ctrl-C, or the command's SIGTERM) that Beam wrapped into `e`, if any."""
+    seen: set[int] = set()
+    cause: Optional[BaseException] = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None

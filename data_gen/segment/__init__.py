@@ -4,7 +4,8 @@ Entry point for the pipeline: `load_masks(item, image, cfg) -> OrganMasks` (see 
 `masks` config section is read into `MaskSettings`.
 """
 
-from data_gen.segment.load import MaskSettings, load_masks, load_masks_with_stats, resample_nearest, to_organ_masks
+from data_gen.segment.grid import resample_nearest
+from data_gen.segment.load import MaskSettings, load_masks, load_masks_with_stats, to_organ_masks
 from data_gen.segment.names import display_name, is_part_of, parent, specificity
 
 __all__ = [

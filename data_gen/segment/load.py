@@ -20,9 +20,12 @@ check every file they open (`data_gen.segment.sources`). Every failure names the
 (`masks.root/<image>/liver.nii.gz`, the form the build's rejects use) when it lies there, with a countable reason:
 `missing_masks`, `empty_masks`, `outside_root`, `not_a_file`, `too_large`, `truncated_mask`, `bad_mask`, ...
 
-Every mask is resampled (nearest neighbour) to the image grid when its size differs; empty masks are dropped and
-masks whose raw names share a display name are merged (OR). `OrganMasks.source` names the reader, with
-`+resampled` appended when any mask needed resampling, and `builtin+not_chest` when the built-in segmenter found
+Masks are held on the linking grid (`data_gen.segment.grid`): the image grid when its long side is at most
+`masks.grid_max_side` (1024 by default), else cells of 2, 4, ... pixels (`OrganMasks.cell`), so 159 CXAS masks of a
+2048 x 2048 radiograph hold 167 MB instead of 667 MB. A mask on a finer grid comes onto it by area, one on a coarser
+grid by nearest neighbour; empty masks are dropped and masks whose raw names share a display name are merged (OR).
+`OrganMasks.source` names the reader, with `+resampled` appended when any mask was on neither the image's grid nor
+the linking grid, and `builtin+not_chest` when the built-in segmenter found
 no pair of lung fields on a radiograph (a limb, a lateral view: no thoracic organs, the lesions link to
 `unknown`), so the pipeline's per-source counter also counts those.
 `load_masks_with_stats` additionally returns the counts.
@@ -42,6 +45,7 @@ from data_gen.errors import ConfigError, InputError
 from data_gen.paths import PathGuard
 from data_gen.segment import names as organ_names
 from data_gen.segment import sources
+from data_gen.segment.grid import cell_for, fit_plane, grid_shape, mask_bounds
 from data_gen.types import ImageItem, LoadedImage, OrganMasks
 from medclm_jax.config_file import settings_from
 
@@ -63,6 +67,7 @@ class MaskSettings:
         TotalSegmentator, cpu for CXAS).
       cxas_weights: `cxas_run`: the folder holding CXAS's weights (never downloaded by a build).
       cxas_model: `cxas_run`: the CXAS model name.
+      grid_max_side: the linking grid's long side at most (`data_gen.segment.grid`); 0: the image grid.
     """
 
     source: str = "auto"
@@ -72,6 +77,7 @@ class MaskSettings:
     device: Optional[str] = None
     cxas_weights: str = "~/weights"
     cxas_model: str = "UNet_ResNet50_default"
+    grid_max_side: int = 1024
 
     @classmethod
     def from_config(cls, cfg: Any) -> "MaskSettings":
@@ -84,16 +90,10 @@ class MaskSettings:
         s = settings_from(cls, cfg, "masks")
         if s.source not in SOURCES:
             raise ConfigError(f"masks.source: unknown source {s.source!r}; one of {', '.join(SOURCES)}")
+        if s.grid_max_side and s.grid_max_side < 64 or s.grid_max_side < 0:
+            raise ConfigError(f"masks.grid_max_side must be >= 64 pixels (or 0: the image grid); got "
+                              f"{s.grid_max_side}")
         return s
-
-
-def resample_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resampling of `[..., h, w]` to `[..., H, W]` (pixel centres mapped, no shift)."""
-    h, w = mask.shape[-2:]
-    H, W = shape
-    rows = np.minimum(((np.arange(H) + 0.5) * (h / H)).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(W) + 0.5) * (w / W)).astype(np.int64), w - 1)
-    return mask.take(rows, axis=-2).take(cols, axis=-1)
 
 
 def _existing(path: str) -> Optional[str]:
@@ -177,9 +177,9 @@ def infer_source(ref: str) -> str:
                      ".json); set masks.source", path=ref, reason="bad_mask")
 
 
-def _read(source: str, ref: str, item: ImageItem, image: LoadedImage) -> sources.RawMasks:
-    if source == "png_dir":
-        return sources.read_png_dir(ref)
+def _read(source: str, ref: str, item: ImageItem, image: LoadedImage, cell: int) -> sources.RawMasks:
+    if source == "png_dir":  # decoded onto the linking grid: no full-resolution stack is ever held
+        return sources.read_png_dir(ref, (image.height, image.width), cell)
     if source == "cxas_npz":
         return sources.read_cxas_stack(ref)
     if source == "totalseg_dir":
@@ -193,28 +193,34 @@ def _read(source: str, ref: str, item: ImageItem, image: LoadedImage) -> sources
 
 
 def to_organ_masks(raw_names: Sequence[str], masks: Union[np.ndarray, list[np.ndarray]], shape: tuple[int, int],
-                   source: str) -> tuple[OrganMasks, dict[str, int]]:
-    """Raw masks on any grid -> OrganMasks on `shape` with display names; counts what it changed.
+                   source: str, cell: int = 1, own: bool = False) -> tuple[OrganMasks, dict[str, int]]:
+    """Raw masks on any grid -> OrganMasks with display names on the linking grid of an image of `shape`
+    (`cell` pixels per cell; 1: the image grid); counts what it changed.
+
+    Args:
+      own: `masks` is a stack nobody else holds (a reader's), so dropping and merging compact it in place rather
+        than into a second stack (at CXAS scale the copy would double the worker's peak memory).
 
     Returns:
-      (OrganMasks, stats) with stats keys `masks_read`, `resampled`, `empty_dropped`, `merged`, `kept`.
+      (OrganMasks, stats) with stats keys `masks_read`, `resampled` (masks on neither the image's grid nor the
+      linking grid), `empty_dropped`, `merged`, `kept`.
     """
     stats = {"masks_read": len(raw_names), "resampled": 0, "empty_dropped": 0, "merged": 0}
-    H, W = shape
-    if isinstance(masks, np.ndarray) and masks.ndim == 3 and masks.shape[1:] == (H, W):
-        grid = masks.astype(bool, copy=False)
-    elif isinstance(masks, np.ndarray) and masks.ndim == 3:
-        grid = resample_nearest(masks.astype(bool, copy=False), shape)
-        stats["resampled"] = len(raw_names)
+    grid_hw = grid_shape(shape[0], shape[1], cell)
+    dtype = np.dtype(bool) if cell == 1 else np.dtype(np.uint8)  # bool pixels, or each cell's coverage
+    if isinstance(masks, np.ndarray) and masks.ndim == 3 and masks.shape[1:] == grid_hw and \
+            (cell == 1 or masks.dtype == dtype):
+        grid = masks.astype(dtype, copy=False)
+        own = own or grid is not masks
     else:
-        planes = []
-        for m in masks:
-            if m.shape != (H, W):
-                m = resample_nearest(m, shape)
-                stats["resampled"] += 1
-            planes.append(m.astype(bool, copy=False))
-        grid = np.stack(planes) if planes else np.zeros((0, H, W), bool)
-    nonempty = grid.reshape(len(raw_names), -1).any(axis=1) if len(raw_names) else np.zeros(0, bool)
+        grid = np.empty((len(raw_names),) + grid_hw, dtype)
+        for i, m in enumerate(masks):
+            stats["resampled"] += m.shape not in (grid_hw, tuple(shape))
+            onto = m.dtype == dtype and m.shape == grid_hw  # a reader's plane already on the grid
+            grid[i] = m if onto else fit_plane(m.astype(bool, copy=False), grid_hw, coverage=cell > 1)
+        own = True
+    bounds = np.stack([mask_bounds(plane) for plane in grid]) if len(grid) else np.zeros((0, 4), np.int64)
+    nonempty = bounds[:, 1] > bounds[:, 0]
     stats["empty_dropped"] = int((~nonempty).sum())
     order: list[str] = []
     index: dict[str, list[int]] = {}
@@ -226,18 +232,24 @@ def to_organ_masks(raw_names: Sequence[str], masks: Union[np.ndarray, list[np.nd
             order.append(d)
             index[d] = []
         index[d].append(i)
-    keep = [index[d][0] for d in order]
-    if len(keep) == len(raw_names) and all(len(index[d]) == 1 for d in order):
+    kept_bounds = np.zeros((len(order), 4), np.int64)
+    for j, d in enumerate(order):  # a merged organ's box holds all of its parts' boxes
+        b = bounds[index[d]]
+        kept_bounds[j] = (b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max())
+    if len(order) == len(raw_names):
         out = grid  # nothing dropped or merged: no copy (159 masks at 2048 px are 667 MB)
     else:
-        out = np.zeros((len(order), H, W), bool)
+        # In place when owned: the j-th kept name first occurs at raw index >= j, so every plane is read before
+        # a later write can reach it.
+        out = grid if own else np.empty((len(order),) + grid_hw, bool)
         for j, d in enumerate(order):
             idx = index[d]
-            out[j] = grid[idx[0]] if len(idx) == 1 else grid[idx].any(axis=0)
+            out[j] = grid[idx[0]] if len(idx) == 1 else grid[idx].max(axis=0)  # union (of coverage: its bound)
             stats["merged"] += len(idx) - 1
+        out = out[:len(order)]
     stats["kept"] = len(order)
     label = source + ("+resampled" if stats["resampled"] else "")
-    return OrganMasks(names=order, masks=out, source=label), stats
+    return OrganMasks(names=order, masks=out, source=label, cell=cell, bounds=kept_bounds), stats
 
 
 def load_masks_with_stats(item: ImageItem, image: LoadedImage, cfg: Any) -> tuple[OrganMasks, dict[str, int]]:
@@ -245,19 +257,20 @@ def load_masks_with_stats(item: ImageItem, image: LoadedImage, cfg: Any) -> tupl
     settings = MaskSettings.from_config(cfg)
     source = settings.source
     shape = (image.height, image.width)
+    cell = cell_for(image.height, image.width, settings.grid_max_side)
     if source == "none":
         return OrganMasks(names=[], masks=np.zeros((0,) + shape, bool), source="none"), {"kept": 0}
     if source == "builtin":
-        return _builtin(image)
+        return _builtin(image, cell)
     if source in ("totalsegmentator_run", "cxas_run"):
         from data_gen.segment import external  # local: the optional segmenters are heavy imports
 
         raw = external.run(source, item, image, settings)
-        om, stats = to_organ_masks(raw.names, raw.masks, shape, raw.source)
+        om, stats = to_organ_masks(raw.names, raw.masks, shape, raw.source, cell, own=True)
         return _check_nonempty(om, stats, raw.path)
 
     try:
-        return _load_from_files(item, image, settings, source, shape)
+        return _load_from_files(item, image, settings, source, cell)
     except InputError as e:
         raise _named_under_root(e, settings.root) from e
 
@@ -281,12 +294,13 @@ def _named_under_root(e: InputError, root: Optional[str]) -> InputError:
 
 
 def _load_from_files(item: ImageItem, image: LoadedImage, settings: MaskSettings, source: str,
-                     shape: tuple[int, int]) -> tuple[OrganMasks, dict[str, int]]:
+                     cell: int) -> tuple[OrganMasks, dict[str, int]]:
+    shape = (image.height, image.width)
     ref = resolve_mask_ref(item, settings)
     if ref is None:
         if source == "auto":
             if settings.builtin:
-                return _builtin(image)
+                return _builtin(image, cell)
             return OrganMasks(names=[], masks=np.zeros((0,) + shape, bool), source="none"), {"kept": 0}
         raise InputError(f"masks.source={source!r} but the item has no mask_ref and masks.root is not set",
                          path=str(item.path), field="mask_ref", reason="missing_masks")
@@ -295,8 +309,8 @@ def _load_from_files(item: ImageItem, image: LoadedImage, settings: MaskSettings
             raise InputError("mask reference not found; check masks.root / the item's mask_ref", path=ref,
                              reason="missing_masks")
         source = infer_source(ref)
-    raw = _read(source, ref, item, image)
-    om, stats = to_organ_masks(raw.names, raw.masks, shape, raw.source)
+    raw = _read(source, ref, item, image, cell)
+    om, stats = to_organ_masks(raw.names, raw.masks, shape, raw.source, cell, own=True)
     return _check_nonempty(om, stats, ref)
 
 
@@ -307,14 +321,15 @@ def _check_nonempty(om: OrganMasks, stats: dict[str, int], ref: str) -> tuple[Or
     return om, stats
 
 
-def _builtin(image: LoadedImage) -> tuple[OrganMasks, dict[str, int]]:
+def _builtin(image: LoadedImage, cell: int) -> tuple[OrganMasks, dict[str, int]]:
     from data_gen.segment import builtin
 
     found = builtin.organs(image)
     shape = (image.height, image.width)
     masks = np.stack(found.masks) if found.masks else np.zeros((0,) + shape, bool)
     # A note (a radiograph that is not a frontal chest) joins the source, so the pipeline's counter counts it.
-    om, stats = to_organ_masks(found.names, masks, shape, "builtin" + (f"+{found.note}" if found.note else ""))
+    om, stats = to_organ_masks(found.names, masks, shape, "builtin" + (f"+{found.note}" if found.note else ""),
+                               cell, own=True)
     stats["builtin"] = 1
     if found.note:
         stats[found.note] = 1
@@ -330,8 +345,9 @@ def load_masks(item: ImageItem, image: LoadedImage, cfg: Any) -> OrganMasks:
       cfg: `MaskSettings`, or the `masks` ConfigDict / dict it is read from (see the module docstring).
 
     Returns:
-      OrganMasks with bool `[K, H, W]` masks on `image.pixels`' grid, display names, no empty mask. With the
-      built-in segmenter K may be 0 when it finds nothing (e.g. a blank image).
+      OrganMasks with bool `[K, h, w]` masks on the linking grid of `image.pixels` (`OrganMasks.cell` pixels per
+      cell; the image grid itself up to `masks.grid_max_side`), display names, no empty mask. With the built-in
+      segmenter K may be 0 when it finds nothing (e.g. a blank image).
 
     Raises:
       InputError: naming the file (as `masks.root/...` when under it) with a countable reason: `missing_masks`,

@@ -11,7 +11,9 @@ short by an interrupted copy. The readers (`sources`, `nifti`, `coco`) call thes
   * `decoding(path, what)`: whatever the decoder raises on the file's bytes becomes an `InputError` naming the
     file, `truncated_mask` when the stream ends early, `too_large` for Pillow's decompression-bomb guard, else
     `bad_mask`, so the pipeline counts the fallback by reason instead of dropping the image as
-    `unexpected_error:EOFError`.
+    `unexpected_error:EOFError`;
+  * `opencv()`: OpenCV (opencv-python-headless, a dependency), imported on first use, which decodes PNG/JPEG
+    masks several times faster than Pillow and JPEGs at 1/2, 1/4, 1/8 scale (`sources.read_mask_image`).
 
 Standard library only (no numpy, no Pillow), so every reader can import it.
 """
@@ -19,9 +21,11 @@ Standard library only (no numpy, no Pillow), so every reader can import it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import zipfile
 import zlib
+from types import ModuleType
 from typing import Iterator
 
 from data_gen.errors import InputError
@@ -33,6 +37,19 @@ MAX_MASK_BYTES = max_bytes(DEFAULT_MAX_FILE_MB)  # a file on disk, and an npz me
 MAX_MASK_PIXELS = 2**28
 
 _EARLY_END = ("truncated", "not fully written", "ended before", "incomplete", "unexpected end")
+
+
+def opencv() -> ModuleType:
+    """The `cv2` module, imported here rather than at start-up (workers that read no PNG/JPEG masks skip it).
+
+    Raises:
+      ImportError: naming the package to install when it is missing (it is a dependency of this project).
+    """
+    try:
+        return importlib.import_module("cv2")
+    except ImportError as e:
+        raise ImportError("reading PNG/JPEG organ masks needs OpenCV, a dependency of medclm-jax: "
+                          "pip install opencv-python-headless (or reinstall the project)") from e
 
 
 def require_file(path: str) -> None:

@@ -2,7 +2,9 @@
 
 Formats (what the segmenters and the authors' pipeline write):
   * per-organ PNG folder: `<folder>/<organ>.png`, file stem = organ name (the authors' input, CXAS `png`/`jpg`
-    output). Binarized `> 127` as the authors' code does; a 0/1 PNG (maximum value 1) is read as is.
+    output). Binarized `> 127` as the authors' code does; a 0/1 PNG (maximum value 1) is read as is. Grey and
+    1-bit PNG/JPEG files are decoded by OpenCV (the same pixels as Pillow's, several times faster), JPEGs at the
+    linking grid's scale when one is given (`read_mask_image`); other modes (16-bit, palette, colour) by Pillow.
   * CXAS stack: `.npy` `[159, H, W]` or `.npz` (`arr_0`, as `np.savez_compressed` names it) in CXAS channel order;
     an npz may instead hold `masks` `[K, H, W]` and `names` `[K]`.
   * TotalSegmentator per-class folder: `<folder>/<class>.nii.gz` (v2 names), one binary volume per class.
@@ -29,6 +31,7 @@ with a countable reason:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from typing import Optional, Sequence, Union
@@ -39,8 +42,9 @@ from PIL import Image
 from data_gen.errors import InputError
 from data_gen.paths import PathGuard
 from data_gen.segment import names as organ_names
+from data_gen.segment.grid import COVERAGE_FULL, area_resize, fit_plane, grid_shape
 from data_gen.segment.mask_files import (MAX_MASK_BYTES, MAX_MASK_PIXELS, decoding, folder_guard, listed_file,
-                                         require_file)
+                                         opencv, require_file)
 from data_gen.segment.nifti import load_display_slice
 
 PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -79,12 +83,10 @@ def _require_dir(folder: str) -> None:
                          path=folder, reason="missing_masks")
 
 
-def _read_image_file(path: str, what: str, keep_values: bool = False) -> np.ndarray:
-    """A 2-D (or RGB) image file as an array; grey/palette/colour masks as "L" unless `keep_values`."""
-    with decoding(path, what):
+def _read_label_image(path: str) -> np.ndarray:
+    """A label-map image file as an array of its values (palette indices, grey, 16-bit)."""
+    with decoding(path, "label map"):
         with Image.open(path) as im:
-            if not keep_values and im.mode in ("1", "P", "RGB", "RGBA", "LA"):
-                im = im.convert("L")
             return np.asarray(im)
 
 
@@ -104,23 +106,115 @@ def binarize_png(pixels: np.ndarray) -> np.ndarray:
     return pixels > 127
 
 
-def read_png_dir(folder: str) -> RawMasks:
-    """Per-organ PNG folder -> RawMasks (names = file stems, sorted for a deterministic order)."""
+# What OpenCV decodes to the same grey values as Pillow's "L": 8-bit grey and 1-bit PNGs, grey JPEGs. The file's
+# last bytes must be the format's end marker (PNG's IEND chunk, JPEG's EOI, which can occur nowhere else in a
+# JPEG): OpenCV returns a cut-short JPEG padded with grey, so those go to Pillow, which names the fault.
+_OPENCV_MODES = ("L", "1")
+_END_MARKERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
+_JPEG_SCALES = (8, 4, 2)
+
+
+def _opencv_decodes(fmt: Optional[str], mode: str, data: bytes) -> bool:
+    end = _END_MARKERS.get(fmt or "")
+    return mode in _OPENCV_MODES and end is not None and end in data[-32:]
+
+
+def _jpeg_scale(size: tuple[int, int], grid: Optional[tuple[int, int]]) -> int:
+    """The coarsest libjpeg scale (1/8, 1/4, 1/2) that keeps a `size` (h, w) JPEG at least as fine as `grid`."""
+    for s in _JPEG_SCALES if grid else ():
+        if -(-size[0] // s) >= grid[0] and -(-size[1] // s) >= grid[1]:
+            return s
+    return 1
+
+
+def read_mask_image(path: str, image_shape: Optional[tuple[int, int]] = None, cell: int = 1) -> np.ndarray:
+    """One per-organ mask image -> a plane: when the file has the image's size (`image_shape`), on the image's
+    linking grid of `cell` pixel cells (bool with cell 1, else coverage: `data_gen.segment.grid`); any other file
+    as bool on its own grid (`load.to_organ_masks` resamples it and counts it). Pixels are in the mask when
+    `binarize_png` says so.
+
+    OpenCV decodes grey PNG/JPEG (`_opencv_decodes`); a JPEG straight at 1/2, 1/4 or 1/8 scale as the grid allows
+    (libjpeg's DCT scaling: several times less work). The area mean of a two-valued mask's grey values, scaled so
+    that its foreground value (the commonest above 127) is full, is the cells' coverage (JPEG noise moves it by ~1%
+    of a cell at borders; within half a pixel's share of 0 or full it is snapped there);
+    a mask whose mean stays at 127 or below (0/1 masks, faint ones) is decoded again at full size and binarized
+    there (one whose mean is 0 everywhere is empty: CXAS writes many). Everything else, and anything OpenCV refuses, goes to Pillow, whose exceptions name the fault.
+    """
+    cv2 = opencv()
+    with decoding(path, "mask image"):
+        with open(path, "rb") as f:
+            data = f.read(MAX_MASK_BYTES + 1)
+        with Image.open(io.BytesIO(data)) as im:  # the header only: format, mode, size; Pillow's pixel limit
+            fmt, mode, size = im.format, im.mode, (im.height, im.width)
+            grid = grid_shape(size[0], size[1], cell) if image_shape and size == tuple(image_shape) else size
+            grey = None
+            if _opencv_decodes(fmt, mode, data):
+                grey = _opencv_grey(cv2, data, _jpeg_scale(size, grid) if fmt == "JPEG" else 1, grid)
+                if grey is not None and grey.shape != size and 0 < int(grey.max()) <= 127:  # 0/1 or faint
+                    grey = _opencv_grey(cv2, data, 1, size)
+            if grey is None:
+                arr = np.asarray(im.convert("L") if mode in ("1", "P", "RGB", "RGBA", "LA") else im)
+                if arr.ndim not in (2, 3):
+                    raise InputError(f"a mask image is one 2-D plane, got shape {arr.shape}", path=path,
+                                     reason="bad_mask")
+                return fit_plane(binarize_png(arr), grid, coverage=grid != size)
+    if grey.shape == size:
+        return fit_plane(binarize_png(grey), grid, coverage=grid != size)
+    fg = COVERAGE_FULL
+    if int(grey.max()) < COVERAGE_FULL:  # a foreground value below 255 (a 0/200 mask): full coverage is that
+        fg = int(np.bincount(grey[grey > 127]).argmax())  # value (the commonest, not JPEG's overshoot)
+    return cv2.LUT(grey, _coverage_table(fg, cell), dst=grey)  # in place: no second plane per mask
+
+
+def _coverage_table(fg: int, cell: int) -> np.ndarray:
+    """grey -> coverage for a mask whose foreground grey is `fg`, as one 256-entry lookup: scaled so that `fg` is
+    full, and within half a pixel's share of empty or full snapped there (JPEG noise, not anatomy: a cell outside
+    the mask must not count as touching it, for extents and distances)."""
+    cov = np.minimum((np.arange(256) * COVERAGE_FULL + fg // 2) // fg, COVERAGE_FULL)
+    noise = COVERAGE_FULL // (2 * cell * cell)
+    cov[cov <= noise] = 0
+    cov[cov >= COVERAGE_FULL - noise] = COVERAGE_FULL
+    return cov.astype(np.uint8)
+
+
+def _opencv_grey(cv2, data: bytes, scale: int, grid: tuple[int, int]) -> Optional[np.ndarray]:
+    """Grey pixels decoded at 1/`scale`, brought down to `grid` by area when still finer; None if refused."""
+    flags = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[scale]
+    grey = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    if grey is not None and grey.shape != grid and grey.shape[0] >= grid[0] and grey.shape[1] >= grid[1]:
+        grey = area_resize(grey, grid)
+    return grey
+
+
+def read_png_dir(folder: str, image_shape: Optional[tuple[int, int]] = None, cell: int = 1) -> RawMasks:
+    """Per-organ PNG folder -> RawMasks (names = file stems, sorted for a deterministic order); the masks of the
+    image's size on its linking grid (`read_mask_image`).
+
+    The planes go straight into one `[K, h, w]` stack (no second copy while stacking: at CXAS scale that is the
+    worker's peak memory), or stay a list when the files differ in size.
+    """
     _require_dir(folder)
     files = sorted(f for f in os.listdir(folder) if f.lower().endswith(PNG_SUFFIXES))
     if not files:
         raise InputError(f"no mask images ({', '.join(PNG_SUFFIXES)}) in the folder", path=folder,
                          reason="missing_masks")
     guard = folder_guard(folder)
-    names, masks = [], []
-    for f in files:
-        p = listed_file(folder, f, guard)
-        arr = _read_image_file(p, "mask image")
-        if arr.ndim not in (2, 3):
-            raise InputError(f"a mask image is one 2-D plane, got shape {arr.shape}", path=p, reason="bad_mask")
+    names: list[str] = []
+    stack: Optional[np.ndarray] = None
+    planes: list[np.ndarray] = []
+    for i, f in enumerate(files):
+        plane = read_mask_image(listed_file(folder, f, guard), image_shape, cell)
         names.append(os.path.splitext(f)[0])
-        masks.append(binarize_png(arr))
-    return RawMasks(names, _stack(masks), "png_dir", folder)
+        if i == 0:
+            stack = np.empty((len(files),) + plane.shape, plane.dtype)
+        if stack is not None and plane.shape == stack.shape[1:] and plane.dtype == stack.dtype:
+            stack[i] = plane
+            continue
+        if stack is not None:  # sizes differ: every plane is resampled on its own
+            planes, stack = list(stack[:i]), None
+        planes.append(plane)
+    return RawMasks(names, stack if stack is not None else planes, "png_dir", folder)
 
 
 def read_cxas_stack(path: str, class_names: Optional[Sequence[str]] = None) -> RawMasks:
@@ -222,7 +316,7 @@ def _read_label_plane(path: str, slice_index: Optional[int]) -> np.ndarray:
         with decoding(path, "label map"):
             arr = np.load(path, allow_pickle=False)
     else:
-        arr = _read_image_file(path, "label map", keep_values=True)  # palette/grey/16-bit keep their values
+        arr = _read_label_image(path)
     if arr.ndim != 2:
         raise InputError(f"a label map is one 2-D integer image, got shape {arr.shape}", path=path,
                          reason="bad_mask")

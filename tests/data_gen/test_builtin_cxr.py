@@ -25,7 +25,8 @@ from data_gen.config import load_dataset_config
 from data_gen.imaging import load_image
 from data_gen.link import link_lesions
 from data_gen.pipeline import convert_image
-from data_gen.segment import builtin, load_masks
+from data_gen.segment import MaskSettings, builtin, load_masks, to_organ_masks
+from data_gen.segment.grid import cell_for
 from data_gen.types import ImageItem, LesionAnnotation, LoadedImage
 from medclm_jax.records import schema as S
 
@@ -47,11 +48,14 @@ def _item(path, boxes=()):
 
 @pytest.fixture(scope="module")
 def chest():
-    """(image, item, organ masks by name) for RG1."""
+    """(image, item, organ masks by name on the pixel grid, organ masks on the default linking grid) for RG1."""
     item = _item(_radiograph_file("RG1_UNCR.dcm"))
     image = load_image(item)
-    om = load_masks(item, image, {"source": "builtin"})
-    return image, item, dict(zip(om.names, om.masks)), om
+    full = load_masks(item, image, {"source": "builtin", "grid_max_side": 0})
+    cell = cell_for(image.height, image.width, MaskSettings().grid_max_side)
+    om, _ = to_organ_masks(full.names, full.masks, (image.height, image.width), full.source, cell)
+    assert om.cell == 2  # what load_masks holds by default at this size
+    return image, item, dict(zip(full.names, full.masks)), om
 
 
 def _share(mask, box):

@@ -361,7 +361,7 @@ def _benchmark():
     return mod
 
 
-def test_benchmark_baselines_are_one_rule_and_the_table_runs():
+def test_benchmark_baselines_are_one_rule_and_the_table_runs(tmp_path):
     """The authors' code path (per lesion x mask) and the same rule with boxes computed once must name the same
     organ for every lesion, edge cases included: an empty mask, a one-pixel mask at (0, 0) (their box sums to 0:
     skipped), a box touching a mask's box only along a line, a lesion overlapping nothing."""
@@ -384,8 +384,13 @@ def test_benchmark_baselines_are_one_rule_and_the_table_runs():
     lesion = np.array([[30.0, 55.0, 90.0, 75.0]])
     assert bench.authors_link(lesion, m.view(np.uint8) * np.uint8(255), ["lung right", "rib 4 right"]) \
         == ["rib 4 right"]
-    rows = bench.bench_link(size=128, n_masks=20, n_lesions=3, images=1, repeats=1, warmup=0)
-    assert [r["linker"] for r in rows][0].startswith("authors'") and all(r["ms_per_image"] > 0 for r in rows)
+    reading, linking = bench.bench_masks(str(tmp_path), size=128, n_masks=20, n_lesions=3, images=1, repeats=1,
+                                         warmup=0)
+    assert reading[0]["name"].startswith("authors'") and all(r["ms_per_image"] > 0 for r in reading)
+    assert linking[0]["name"].startswith("authors'") and all(r["ms_per_image"] > 0 for r in linking)
+    rss = bench.bench_rss(str(tmp_path), 128)
+    assert [r["mode"] for r in rss] == list(bench.RSS_MODES) and all(r["peak_mb"] > 10 for r in rss)
+    bench.print_masks(reading, linking, rss, "test")
 
 
 # mutation-testing gaps (mutmut survivors, see benchmarks/results/mutation.md) ---------------------------------
