@@ -33,6 +33,10 @@ GEMMA3_4B = dict(vocab_size=262208, width=2560, depth=34, mlp_dim=10240, num_hea
                  sliding_window=1024, sliding_window_pattern=6, query_pre_attn_scalar=256, qk_norm=True,
                  post_norms=True)
 TRAINED_TOKENIZER = dict(image_token_id=4, bos_token_id=2, eos_token_id=1, pad_token_id=0)
+# Gemma 3's vocabulary: <eos> = 1, <end_of_turn> = 106. Instruction-tuned Gemma 3 / MedGemma ends an answer with
+# <end_of_turn> (and `data/prompts.py`'s gemma3 targets end there), so both stop decoding, as in their released
+# config.json (`eos_token_id: [1, 106]`).
+GEMMA3_EOS_IDS = (1, 106)
 
 
 def _tiny() -> VLMConfig:
@@ -71,7 +75,7 @@ def _paligemma(image_size: int, text: dict) -> Callable[[], VLMConfig]:
 def _medgemma_4b() -> VLMConfig:
     return VLMConfig(family="gemma3", vision=SiglipConfig(image_size=896, **SO400M, **BIG),
                      text=GemmaConfig(**GEMMA3_4B, **BIG), image_token_id=262144, mm_tokens_per_image=256,
-                     boi_token_id=255999, eoi_token_id=256000)
+                     boi_token_id=255999, eoi_token_id=256000, eos_token_id=GEMMA3_EOS_IDS)
 
 
 PRESETS: dict[str, Callable[[], VLMConfig]] = {

@@ -27,7 +27,7 @@ from medclm_jax.data.targets import normalize_text
 from medclm_jax.eval import run
 from medclm_jax.eval.generate import GenerateOptions, Generator
 from medclm_jax.eval.score import flatten
-from medclm_jax.model import checkpoint, presets, vlm
+from medclm_jax.model import checkpoint, presets, sharding, vlm
 from medclm_jax.model import tokenizer as T
 from medclm_jax.records import schema
 
@@ -38,7 +38,12 @@ def tiny_checkpoint(out_dir, texts, tok_dir, seed=0):
     """The tiny preset with random weights drawn by numpy (normal, 1/sqrt(first dim) for matrices: nothing to
     compile), saved with a tokenizer trained on `texts`."""
     T.train_tokenizer(iter(texts), vocab_size=2048, out_dir=tok_dir)
-    cfg = presets.get_model_config("tiny")
+    return random_checkpoint(out_dir, "tiny", tok_dir, seed)
+
+
+def random_checkpoint(out_dir, preset, tok_dir, seed=0):
+    """`preset` with random weights as in `tiny_checkpoint`, saved with the tokenizer in `tok_dir`."""
+    cfg = presets.get_model_config(preset)
     abstract = nn.meta.unbox(jax.eval_shape(lambda: vlm.init_params(cfg, jax.random.key(0))))["params"]
     rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda a: (rng.standard_normal(a.shape) * (
@@ -121,6 +126,19 @@ def test_batched_generation_equals_one_example_at_a_time(full_run, build, ckpt):
     for j in (0, 4, 17, 32):  # rows 0 and 4 of batch 0, row 1 of batch 2, the last batch's only real row
         q = task.make(j)
         assert gen.answer(q.question, q.image) == by_id[q.id]
+
+
+def test_predictions_sharded_over_eight_devices_equal_one_device(full_run, build, ckpt, tmp_path):
+    """The CLI run shards each batch of 8 over the 8 (fake CPU) devices, one row per device; the same evaluation
+    on a one-device mesh writes the same predictions file."""
+    assert jax.device_count() == 8  # tests/conftest.py
+    assert json.load(open(os.path.join(full_run, run.METRICS)))["run"]["devices"] == 8
+    one = sharding.make_mesh(devices=jax.devices()[:1])
+    gen = Generator.load(ckpt, GenerateOptions(max_new_tokens=10), one)
+    assert gen.params["params"]["decoder"]["embedder"]["embedding"].sharding.mesh.size == 1
+    out = str(tmp_path / "one_device")
+    run.evaluate(run.record_task(build, "train", gen.image_size, gen.cfg.family), gen, out)
+    assert open(os.path.join(out, run.PREDICTIONS)).read() == open(os.path.join(full_run, run.PREDICTIONS)).read()
 
 
 def test_limit_then_interruption_then_rerun_gives_the_uninterrupted_file(full_run, build, ckpt, tmp_path,

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from shipped_files import pydicom_file
 
 from medclm_jax import cli
-from medclm_jax.eval.generate import Generator
+from medclm_jax.commands.predict import DEFAULT_QUESTION as DEFAULT_Q
+from medclm_jax.eval.generate import GenerateOptions, Generator
 from test_eval_run import tiny_checkpoint
 
 RED = [255, 0, 0]
@@ -45,6 +48,29 @@ def answer_with(monkeypatch):
         monkeypatch.setattr(Generator, "generate", fake)
         return seen
     return use
+
+
+def spy_prompt_rows(monkeypatch):
+    """Records the rows the model is given and lets the real generation run on them."""
+    seen, real = [], Generator.prompt_row
+
+    def spy(self, *args, **kwargs):
+        seen.append(real(self, *args, **kwargs))
+        return seen[-1]
+    monkeypatch.setattr(Generator, "prompt_row", spy)
+    return seen
+
+
+def hand_window(x, center, width):
+    """DICOM PS3.3 C.11.2.1.2.1 LINEAR window to [0, 255], written out."""
+    frac = (np.asarray(x, np.float64) - (center - 0.5)) / (width - 1) + 0.5
+    return np.rint(np.clip(frac, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def bicubic_input(pixels):
+    """uint8[H, W] -> the tiny (PaliGemma-family) model's input by hand: PIL bicubic to 32 x 32, [-1, 1], 3 channels."""
+    a = np.asarray(Image.fromarray(pixels).resize((32, 32), Image.Resampling.BICUBIC), np.float32) / 127.5 - 1
+    return np.repeat(a[..., None], 3, axis=-1)
 
 
 def predict(capsys, *args):
@@ -137,3 +163,49 @@ def test_unusable_inputs_are_one_line_errors(ckpt, tmp_path, capsys, answer_with
     assert code == 2 and "is the input image" in err
     code, _, err = predict(capsys, "--checkpoint", ckpt, "--image", str(tmp_path / "a.png"), "--ct-window", "x,y")
     assert code == 2 and "--ct-window" in err
+
+
+def test_real_model_on_a_shipped_chest_radiograph(ckpt, tmp_path, capsys, monkeypatch):
+    """pydicom-data's CR chest PA (MONOCHROME1, window 15000/30000): the real model answers the pixels of the
+    radiograph's own VOI window, inverted, as a one-image call on those pixels does."""
+    path = pydicom_file("RG1_UNCR.dcm")
+    seen = spy_prompt_rows(monkeypatch)
+    code, out, err = predict(capsys, "--checkpoint", ckpt, "--image", path, "--max-new-tokens", "10", "--json",
+                             "--out", str(tmp_path / "rg1.png"))
+    assert code == 0, err
+    result = json.loads(out)
+    ds = pydicom.dcmread(path)
+    windowed = 255 - hand_window(ds.pixel_array, float(ds.WindowCenter), float(ds.WindowWidth))
+    want = bicubic_input(windowed)
+    assert (result["modality"], result["image_size"]) == ("xray", [int(ds.Columns), int(ds.Rows)])
+    np.testing.assert_array_equal(seen[0]["image"], want)
+    assert result["prediction"] == Generator.load(ckpt, GenerateOptions(max_new_tokens=10)).answer(DEFAULT_Q, want)
+    assert (result["overlay"] is None) == (result["box"] is None)
+
+
+def test_real_model_on_a_nifti_slice(ckpt, tmp_path, capsys, monkeypatch):
+    """A CT volume written as NIfTI (RAS+ affine, three different axial slices in HU): `--slice 1` answers that
+    slice, in display orientation (rows anterior -> posterior, image left = patient right) and the lung window."""
+    rng = np.random.default_rng(2)
+    hu = rng.integers(-1100, 400, (40, 30, 3)).astype(np.int16)  # x (R), y (A), z (S)
+    hu[:, :, 1] = np.linspace(-1000, 200, 40, dtype=np.int16)[:, None]  # slice 1: a ramp along x
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.diag([0.8, 0.8, 2.5, 1.0])), str(path))
+    seen = spy_prompt_rows(monkeypatch)
+    code, out, err = predict(capsys, "--checkpoint", ckpt, "--image", str(path), "--slice", "1",
+                             "--max-new-tokens", "10", "--json", "--out", str(tmp_path / "ct_box.png"))
+    assert code == 0, err
+    result = json.loads(out)
+    display = hu[::-1, ::-1, 1].T.astype(np.float64)  # [y, x] with row 0 anterior, column 0 patient right
+    lung = np.rint(np.clip((display + 1350.0) * 255.0 / 1500.0, 0, 255)).astype(np.uint8)  # (-600, 1500) by hand
+    want = bicubic_input(lung)
+    assert (result["modality"], result["image_size"]) == ("ct", [40, 30])
+    np.testing.assert_array_equal(seen[0]["image"], want)
+    assert result["prediction"] == Generator.load(ckpt, GenerateOptions(max_new_tokens=10)).answer(DEFAULT_Q, want)
+    seen.clear()
+    code, _, err = predict(capsys, "--checkpoint", ckpt, "--image", str(path), "--slice", "2", "--max-new-tokens",
+                           "1", "--json", "--out", str(tmp_path / "ct_box.png"))
+    assert code == 0, err
+    assert not np.array_equal(seen[0]["image"], want)  # another slice, another image
+    code, _, err = predict(capsys, "--checkpoint", ckpt, "--image", str(path), "--slice", "3")
+    assert code == 2 and "slice_index 3 outside" in err and "ct.nii.gz" in err
