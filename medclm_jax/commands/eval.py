@@ -140,8 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             task = run.record_task(args.data, args.split, generator.image_size, generator.cfg.family,
                                    on_error=args.on_error)
         else:
+            run.claim_out_dir(out)  # before the loader extracts embedded images into it
             task = run.benchmark_task(args.benchmark, args.root, args.split, generator.image_size,
-                                      generator.cfg.family)
+                                      generator.cfg.family, extract_dir=os.path.join(out, run.EXTRACTED))
         result = run.evaluate(task, generator, out, limit=args.limit, on_error=args.on_error,
                               box_form=args.box_form, overwrite=args.overwrite, progress=not args.no_progress)
     except (run.EvalError, BenchmarkError, RecordError, FileNotFoundError, ValueError) as e:

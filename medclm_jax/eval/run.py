@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 RUN, PREDICTIONS, REFERENCES, METRICS = "run.json", "predictions.jsonl", "references.jsonl", "metrics.json"
 REPORT = "report.html"
 OUR_FILES = (RUN, PREDICTIONS, REFERENCES, METRICS, REPORT)
+EXTRACTED = "images"  # a benchmark's embedded images, written out (PathVQA's parquet copy)
 _UNSCORED_ORGANS = ("", "unknown", schema.NO_ORGAN)
 
 
@@ -201,14 +202,19 @@ def benchmark_question(question: str, choices: Sequence[str]) -> str:
     return question + "\n" + "\n".join(f"{'ABCD'[k]}: {c}" for k, c in enumerate(choices))
 
 
-def benchmark_task(name: str, root: str, split: str, image_size: int, family: str) -> Task:
+def benchmark_task(name: str, root: str, split: str, image_size: int, family: str,
+                   extract_dir: str | None = None) -> Task:
     """The `split` questions of a public benchmark (`eval/benchmarks.LOADERS`); ids are the loader's.
+
+    `extract_dir`: where a benchmark whose images are embedded in its files (PathVQA's Hugging Face parquet copy)
+    has them written, a folder of ours (`medclm eval` passes `<out>/images`), never the benchmark's own.
 
     VQA-RAD is loaded with its train split too when `split` is test, so the train/test image overlap (its known
     leak) is reported in `describe['overlap']`.
     """
     splits = (split,) if name != "vqa_rad" or split == "train" else ("train", split)
-    bench = load_benchmark(name, root, splits=splits)
+    extra = {"image_dir": extract_dir} if name == "pathvqa" and extract_dir else {}
+    bench = load_benchmark(name, root, splits=splits, **extra)
     items = bench.split(split)
     if not items:
         raise BenchmarkError(f"{name}: no {split!r} questions under {root}")
@@ -278,14 +284,8 @@ def prepare_out_dir(out_dir: str, identity: Mapping[str, Any], overwrite: bool =
       EvalError: `out_dir` is a file, a folder holding other files, or an evaluation with other settings (without
         `overwrite`, which removes only the files an evaluation writes).
     """
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise EvalError(f"--out {out_dir}: is a file; choose a folder")
-    os.makedirs(out_dir, exist_ok=True)
-    entries = sorted(os.listdir(out_dir))
-    foreign = [e for e in entries if e not in OUR_FILES]
-    if entries and RUN not in entries:
-        raise EvalError(f"--out {out_dir}: the folder is not empty and holds no {RUN} ({', '.join(entries[:3])}"
-                        f"{', ...' if len(entries) > 3 else ''}); choose a new or empty folder")
+    entries = claim_out_dir(out_dir)
+    foreign = [e for e in entries if e not in OUR_FILES + (EXTRACTED,)]
     identity = _json_roundtrip(dict(identity))
     resumed = False
     if RUN in entries:
@@ -391,6 +391,23 @@ def _gather(items: list) -> list:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The evaluation.
+
+
+def claim_out_dir(out_dir: str) -> list[str]:
+    """Creates `out_dir` or accepts it if it is empty or holds an evaluation of ours (its `run.json`); returns its
+    entries. Called before anything is written there (a benchmark's extracted images included).
+
+    Raises:
+      EvalError: `out_dir` is a file, or a folder holding other files.
+    """
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise EvalError(f"--out {out_dir}: is a file; choose a folder")
+    os.makedirs(out_dir, exist_ok=True)
+    entries = sorted(os.listdir(out_dir))
+    if [e for e in entries if e != EXTRACTED] and RUN not in entries:
+        raise EvalError(f"--out {out_dir}: the folder is not empty and holds no {RUN} ({', '.join(entries[:3])}"
+                        f"{', ...' if len(entries) > 3 else ''}); choose a new or empty folder")
+    return entries
 
 
 def evaluate(task: Task, generator: Generator, out_dir: str, *, limit: Optional[int] = None, on_error: str = "raise",

@@ -132,9 +132,16 @@ def test_pathvqa_hugging_face_parquet(tmp_path):
                       "question": ["is it benign?", "what organ?"], "answer": ["no", "liver"]})
     (tmp_path / "data").mkdir()
     pq.write_table(table, tmp_path / "data" / "validation-00000-of-00001.parquet")
-    bench = load_pathvqa(tmp_path, splits=("val",))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(BenchmarkError, match="images are embedded.*pass image_dir"):
+        load_pathvqa(tmp_path, splits=("val",))
+    with pytest.raises(BenchmarkError, match="inside the benchmark folder"):
+        load_pathvqa(tmp_path, splits=("val",), image_dir=tmp_path / "data" / "x")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written into the input
+    out = tmp_path.parent / (tmp_path.name + "_extracted")
+    bench = load_pathvqa(tmp_path, splits=("val",), image_dir=out)
     assert [i.answer_type for i in bench.items] == ["closed", "open"]
-    assert bench.items[0].image_path.endswith("images_extracted/val/000000.png")
+    assert bench.items[0].image_path == str((out / "val" / "000000.png").resolve())
     with open(bench.items[1].image_path, "rb") as f:
         assert f.read() == b"\xff\xd8jpeg"
 

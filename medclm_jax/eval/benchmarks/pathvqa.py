@@ -10,8 +10,9 @@
 
 2. **The Hugging Face copy** (`flaviagiammarino/path-vqa`): `<root>/data/<split>-NNNNN-of-NNNNN.parquet` with
    columns `image` (struct of `bytes`, `path`), `question`, `answer`, splits `train`, `validation`, `test`. Images
-   are embedded, so the loader writes each once to `<image_dir>/<split>/<index>.<jpg|png>` (default
-   `<root>/images_extracted`) and points the items there. Needs `pyarrow` (not a core dependency).
+   are embedded, so the loader writes each once to `<image_dir>/<split>/<index>.<jpg|png>` and points the items
+   there. `image_dir` is a folder of the caller's (`medclm eval` uses its output folder), never inside the
+   benchmark's: a loader does not write into its input. Needs `pyarrow` (not a core dependency).
 
 Neither layout labels answer types: a question is `closed` when its answer is "yes" or "no" (the convention of
 the PathVQA paper and of LLaVA-Med's PathVQA split), else `open`. Modality is `pathology`. Item ids are
@@ -113,7 +114,14 @@ def load_pathvqa(root: str | Path, splits: Sequence[str] = SPLITS, *, require_im
         for split in splits:
             items += _load_pickled(root, split)
     elif (root / "data").is_dir():
-        target = Path(image_dir) if image_dir is not None else root / "images_extracted"
+        if image_dir is None:
+            raise BenchmarkError(f"pathvqa: {root} is the Hugging Face copy, whose images are embedded in the "
+                                 "parquet files: pass image_dir, a folder of yours to extract them to (medclm eval "
+                                 "uses its --out folder)")
+        target = Path(image_dir).resolve()
+        if target == root.resolve() or root.resolve() in target.parents:
+            raise BenchmarkError(f"pathvqa: image_dir {target} is inside the benchmark folder {root}; extract the "
+                                 "images somewhere else (the loader never writes into its input)")
         for split in splits:
             items += _load_parquet(root, split, target)
     else:
