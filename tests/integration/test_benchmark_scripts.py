@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from medclm_jax.commands import demo
 from medclm_jax.model import presets, vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,3 +86,65 @@ def test_small_learns_runs_on_the_training_targets(capsys):
     assert [(ex["prompt"], ex["target"], ex["answer"]) for ex in bench.examples([rec])] == [
         ("Where?", "Reasoning: At [0.1, 0.2, 0.3, 0.4]. Answer: left lung", "left lung"),
         ("Any effusion?", "Answer: no", "no")]
+
+
+def test_eval_benchmark_smallest_mode_runs_and_checks_the_tokens(tmp_path, capsys):
+    """benchmarks/eval.py at its smallest: the cached and the cache-free greedy decoding agree, the table prints."""
+    bench = _load("eval")
+    out = tmp_path / "eval.md"
+    assert bench.main(["--preset", "tiny", "--batches", "1", "--prompt-len", "4", "--new-tokens", "3", "--reps", "1",
+                       "--markdown", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| 1 |" in printed and "the two sides wrote the same tokens" in printed
+    assert out.read_text().startswith("# Evaluation throughput") and "load average" in out.read_text()
+
+
+def test_curriculum_ablation_quick_mode_runs_caches_and_refuses_other_settings(tmp_path, capsys):
+    """The ablation's smallest mode goes phantom -> build -> train -> eval -> table; a re-run reads the cached
+    result instead of training again, and other settings in the same folder are refused."""
+    bench = _load("curriculum")
+    out = str(tmp_path / "ablation")
+    assert bench.main(["--quick", "--arms", "hard_only", "--out", out]) == 0
+    result = bench.cached_result(out, "hard_only", 0)
+    assert result["n_examples"] == 6 and result["mix"][-1] == [0.0, 0.0, 1.0]  # the training log's mix: Hard only
+    with open(os.path.join(out, "eval", "hard_only-s0", "metrics.json")) as f:  # scores: `medclm eval`'s own file
+        evaluated = json.load(f)["metrics"]
+    assert result["scores"]["overall"]["format/reasoning_answer"] == evaluated["format"]["reasoning_answer"]
+    assert result["scores"]["hard"]["format/reasoning_answer"] == evaluated["by_stage"]["hard"]["format"][
+        "reasoning_answer"]
+    printed = capsys.readouterr().out
+    assert "| hard_only |" in printed and "0.00/0.00/1.00" in printed
+    assert bench.main(["--quick", "--arms", "hard_only", "--out", out]) == 0
+    assert "[hard_only-s0] cached" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.main(["--quick", "--arms", "hard_only", "--out", out, "--model", "small"])
+    # every arm with step constants is scaled to the run like the demo's; `reference` spans the authors' epochs
+    assert bench.arm_sets("adaptive", 200)[2:] == demo.curriculum_for(200)
+    assert bench.arm_sets("reference", 200)[-1] == "curriculum.steps_per_epoch=8"
+
+
+def test_train_benchmark_quick_mode_runs_all_four_parts(tmp_path, capsys):
+    """benchmarks/train.py --quick: the real train step beside fwd+bwd, the loop's input wait, FSDP bytes on 1-8
+    devices (this process has 8), checkpoint saves; the FSDP bytes are checked against the state's own sizes."""
+    bench = _load("train")
+    out = tmp_path / "train.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (step,) = result["step"]
+    assert set(step["times"]) == {"train step", "fwd+bwd (model.py)", "fwd+bwd (step's loss)"}
+    assert all(t > 0 for t in step["times"].values()) and result["peak_gflops"] > 0
+    (wait,) = result["input"]
+    assert 0 <= wait["wait_share"] < 1 and wait["timed_steps"] == 3 and wait["logged_steps_per_s"]
+    memory = {r["devices"]: r for r in result["memory"]}
+    assert sorted(memory) == [1, 2, 4, 8]
+    cfg = bench.loop.model_config(bench.train_config("tiny"))
+    boxed = jax.eval_shape(lambda r: vlm.init_params(cfg, r)["params"], jax.random.key(0))
+    n_params = sum(x.size for x in jax.tree.leaves(bench.shd.unbox(boxed)))
+    assert memory[1]["params"] == 4 * n_params and memory[1]["opt_state"] >= 2 * memory[1]["params"]  # f32, Adam
+    for n, r in memory.items():  # split evenly, the rest whole on every device
+        assert r["params"] + r["opt_state"] == pytest.approx(r["expected_with_whole"], rel=1e-12)
+        assert 1 <= r["ratio"] < 1.1 and (r["whole"] > 0) == (n > 1)
+    (ckpt,) = result["checkpoint"]
+    assert ckpt["bytes"] > memory[1]["params"] and ckpt["save_to_disk_s"] >= 0 and ckpt["step_alone_s"] > 0
+    printed = capsys.readouterr().out
+    assert all(f"\n{i}. " in printed for i in range(1, 5)) and "MFU" in printed and "wait / loop time" in printed
