@@ -371,3 +371,67 @@ def test_epoch_mapping_drives_the_reference_warmup():
     state = cur.init(cfg, RECORDS)
     assert cur.epoch_of(39, 10) == 3 and cur.epoch_of(40, 10) == 4
     np.testing.assert_array_equal(cur.probabilities(cfg, state, 39).stage[:, E], 1.0)
+
+
+# ----------------------------------------------------------- mutation-testing gaps (benchmarks/results/mutation.md)
+# One domain fed by hand with `ema_decay` 0 (each EMA is the last loss fed): Medium by dwell at step 10, then the
+# plateau test of the Medium EMA every `plateau_window` (5) steps.
+
+PLATEAU = dict(min_easy_steps=10, max_easy_steps=10, plateau_window=5, plateau_tol=0.25, max_medium_steps=1000)
+
+
+def feed_medium(medium_losses, easy_losses=None, **kw):
+    """Easy 1.0 by default: Medium 2.0 > (1 + medium_gap_tol) * Easy, so no gap entry."""
+    cfg = cur.CurriculumConfig(policy="adaptive", ema_decay=0.0, update_every=1,
+                               adaptive=dataclasses.replace(cur.AdaptiveConfig(), **{**PLATEAU, **kw}))
+    state = cur.init(cfg, {"d": {"easy": 10, "medium": 10, "hard": 10}})
+    easy_losses = [1.0] * len(medium_losses) if easy_losses is None else easy_losses
+    for step, (e, m) in enumerate(zip(easy_losses, medium_losses)):
+        state = cur.update(cfg, state, step, np.array([[e, m, 3.0]]), np.full((1, 3), 10.0))
+    return state
+
+
+def test_plateau_is_tested_exactly_one_window_after_medium_began():
+    state = feed_medium([2.0] * 16)  # no gain at all
+    assert entry(state, 0, "medium") == (10, "dwell") and entry(state, 0, "hard") == (15, "plateau")
+
+
+@pytest.mark.parametrize("last,hard", [(1.5, (15, "plateau")), (1.49, (-1, ""))])
+def test_plateau_tolerance_is_relative_and_inclusive(last, hard):
+    """Medium EMA 2.0 when Medium began; a window later 1.5: a gain of exactly plateau_tol (0.25) x 2.0 is a
+    plateau, a little more is progress."""
+    assert entry(feed_medium([2.0] * 15 + [last]), 0, "hard") == hard
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "reference"])
+def test_update_leaves_the_state_it_was_given_unchanged(policy):
+    """States are values: the trainer checkpoints the state it holds while the next one is computed."""
+    cfg = cur.CurriculumConfig(policy=policy, ema_decay=0.0, update_every=1, steps_per_epoch=2,
+                               adaptive=dataclasses.replace(cur.AdaptiveConfig(), **PLATEAU))
+    state = cur.init(cfg, {"d": {"easy": 10, "medium": 10, "hard": 10}})
+    for step in range(12):
+        before = state.to_json()
+        new = cur.update(cfg, state, step, np.array([[1.0, 2.0, 3.0]]), np.full((1, 3), 10.0))
+        assert state.to_json() == before and new.to_json() != before
+        state = new
+    assert policy == "reference" or entry(state, 0, "medium") == (10, "dwell")
+
+
+def test_medium_entered_at_step_0_stays_entered():
+    """max_easy_steps 0 (Medium from the start): the domain enters Medium once, at step 0, and its plateau window
+    counts from there."""
+    state = feed_medium([2.0] * 6, min_easy_steps=0, max_easy_steps=0)
+    assert entry(state, 0, "medium") == (0, "dwell") and entry(state, 0, "hard") == (5, "plateau")
+
+
+def test_gap_entry_is_allowed_at_min_easy_steps_itself():
+    """Easy fell from 2.0 to 1.0 and Medium matches it from step 1 on: Medium by the gap gate at step 10 =
+    min_easy_steps, not one step later."""
+    state = feed_medium([1.0] * 12, [2.0] + [1.0] * 11, max_easy_steps=100)
+    assert entry(state, 0, "medium") == (10, "gap")
+
+
+def test_gap_gate_thresholds_are_inclusive():
+    """Medium exactly (1 + medium_gap_tol) x Easy, Easy exactly (1 - easy_min_drop) x its peak: the gate opens."""
+    state = feed_medium([1.5] * 12, [2.0] + [1.0] * 11, max_easy_steps=100, medium_gap_tol=0.5, easy_min_drop=0.5)
+    assert entry(state, 0, "medium") == (10, "gap")

@@ -1,6 +1,8 @@
 """The span loss against by-hand numpy arithmetic: shift alignment, span/stage weighting, token means, padding,
 empty spans, z-loss, per-(domain, stage) sums, the hand-written gradient, bf16 logits and compiled memory."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +23,16 @@ SPAN = np.array([[0, 0, 1, 1, 1, 2, 2, 0],
 STAGE = np.array([0, 1, 2, 0, 0], np.int32)
 DOMAIN = np.array([1, 0, 1, 1, 1], np.int32)
 WEIGHT = np.array([1, 1, 1, 1, 0], np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _retrace_under_mutmut():
+    """Under mutmut only: it maps each test to the functions it reaches by recording their calls in one process,
+    and a jitted function called again with the same shapes is not traced again, so without this only the first
+    test of each shape would be mapped to `span_loss` (and the others never run against its mutants)."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        jax.clear_caches()
+    yield
 
 
 def make_batch(seed=0):
@@ -243,3 +255,29 @@ def test_config_checks():
     with pytest.raises(ValueError, match="token_mean"):
         losses.LossConfig(token_mean="token")
     assert losses.LossConfig.from_dict({"stage_weights": [[1, 0], [1, 0], [1, 0]]}).stage_weights[0] == (1.0, 0.0)
+
+
+# mutation-testing gaps (benchmarks/results/mutation.md)
+
+
+def test_aux_outputs_have_their_documented_dtype_and_shape():
+    """Every aux output is f32 (token counts too: the trainer averages and logs them as floats)."""
+    logits, batch = make_batch(10)
+    _, aux = span_loss(jnp.asarray(logits), batch, losses.LossConfig(), num_domains=2)
+    b = SPAN.shape[0]
+    shapes = {"loss_example": (b,), "loss_ans": (b,), "loss_cot": (b,), "tokens_ans": (b,), "tokens_cot": (b,),
+              "ans": (), "cot": (), "z_loss": (), "examples": (), "sum_loss": (2, 3), "sum_ans": (2, 3),
+              "sum_cot": (2, 3), "count": (2, 3)}
+    assert {k: (v.dtype, v.shape) for k, v in aux.items()} == {k: (jnp.float32, s) for k, s in shapes.items()}
+
+
+def test_a_padding_row_with_real_spans_reports_zero_loss():
+    """A padding row is a copy of a real row (`data.batch`): its spans are not empty, yet its per-example loss,
+    the one the curriculum would see, is 0; its token-mean span losses are still reported."""
+    logits, batch = make_batch(11)
+    batch["span"] = SPAN.copy()
+    batch["span"][4] = SPAN[0]
+    logits[4] = logits[0]
+    _, aux = span_loss(jnp.asarray(logits), batch, losses.LossConfig(), num_domains=2)
+    assert float(aux["loss_example"][4]) == 0.0 and float(aux["loss_example"][0]) > 0
+    np.testing.assert_allclose(aux["loss_ans"][4], aux["loss_ans"][0], rtol=1e-6)
