@@ -60,7 +60,11 @@ ALIASES = {
 #       1.3 = 6.9 GB (plus the accumulator 1.1 GB with accum 2).
 #     tpu_v5p_128 (64 chips x 95 GiB, fsdp 64): PaliGemma 0.7 + 8 x 1.4 = 12 GB; MedGemma 1.1 + 8 x 4.3 = 36 GB.
 # These are estimates; `medclm train ... --compile_only` prints XLA's own bytes per device for the configured
-# mesh (`memory_analysis()` of the compiled step) before any data is read. The batch sizes below are for the 3B/4B
+# mesh (`memory_analysis()` of the compiled step) before any data is read, and with `--topology` compiles for a TPU
+# slice from a CPU box that has libtpu (`pip install "jax[tpu]"`). Measured that way (2026-12-06, jax 0.10.2):
+#     paligemma_3b_224 on tpu_v5e_256 (--topology v5e:16x16): 11.67 GiB per chip of 16 (estimate 8.5 GB);
+#     medgemma_4b on tpu_v5p_128 (--topology v5p:4x4x4): 68.13 GiB per chip of 95 (estimate 36 GB: XLA's
+#     temporaries, 67.3 GiB, hold more of the 4096-patch vision activations than the remat estimate above). The batch sizes below are for the 3B/4B
 # class with the remat they name; MedGemma on gpu_1x8 wants `--set batch_size=64,model.remat=full` (see above).
 MESHES = {
     # name: mesh axes, global batch, micro-batches per update, remat ('' = the preset's own)
@@ -126,6 +130,11 @@ def get_config(arg=None):
     config.total_steps = 1000
     config.log_every = 10
     config.eval_every = 200  # 0 = never (also skipped without data.val_split)
+    config.eval_samples = 3  # validation examples answered greedily at each evaluation (`train.samples`); 0 = none
+    config.eval_sample_tokens = 96  # their max_new_tokens (the cost of the samples is one such generate call)
+    # FLOP/s per device for the MFU of the train log lines (`train.mfu`): 0 = the bf16 dense peak of the detected
+    # chip (TPU v4/v5e/v5p/v6e, H100/H200/A100); on other chips (CPU included) MFU is left out unless this is set.
+    config.peak_flops_per_device = 0.0
     config.checkpoint_every = 200  # 0 = only at the end and on SIGTERM/SIGINT
     config.keep = 3  # rolling checkpoints kept
     config.seed = 0  # params init, data order and curriculum draws

@@ -229,14 +229,21 @@ def line_chart(series: Sequence[tuple[str, str, bool, Sequence[tuple[float, floa
     return "".join(parts) + "</svg>"
 
 
-def training_charts(log_lines: Sequence[Mapping[str, Any]]) -> str:
-    """The loss by stage (train solid, validation dashed) and the stage mix per logged window."""
+def loss_series(log_lines: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, bool, list[tuple[float, float]]]]:
+    """(label, colour, dashed, [(step, value)]) of the loss curves of a run's log: train overall and per stage
+    (solid), validation overall and per stage (dashed). Also drawn as a PNG by `train/plots.py`."""
     loss = [("train loss", STAGE_COLORS["all"], False, _series(log_lines, "train", "loss"))]
     loss += [(f"train {s}", STAGE_COLORS[s], False, _series(log_lines, "train", f"loss/{s}")) for s in schema.STAGES]
     loss += [("val loss", STAGE_COLORS["all"], True, _series(log_lines, "eval", "eval/loss"))]
     loss += [(f"val {s}", STAGE_COLORS[s], True, _series(log_lines, "eval", f"eval/loss/{s}")) for s in schema.STAGES]
+    return loss
+
+
+def training_charts(log_lines: Sequence[Mapping[str, Any]]) -> str:
+    """The loss by stage (train solid, validation dashed) and the stage mix per logged window."""
     mix = [(s, STAGE_COLORS[s], False, _series(log_lines, "train", f"mix/{s}")) for s in schema.STAGES]
-    return line_chart(loss, "loss (token-mean cross-entropy)") + line_chart(mix, "stage mix (share of examples)")
+    return (line_chart(loss_series(log_lines), "loss (token-mean cross-entropy)")
+            + line_chart(mix, "stage mix (share of examples)"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

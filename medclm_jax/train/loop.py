@@ -11,10 +11,14 @@ compiled ahead of time (bytes per device logged); then the loop:
              s runs meanwhile): check them, feed the curriculum scheduler, hand its state to the stream, log
              -> evaluate / checkpoint / stop at fixed steps
 
-On disk, WORKDIR/: `checkpoints/<N>/` (rolling, `train.checkpoint`), `metrics.jsonl` (`train.metrics`),
-`config.json`, `tokenizer/` (trained-from-scratch presets), `catalog-train.npz` (the input plan's scan), and
-`final/` at the end: a model checkpoint (`model.checkpoint`) that `medclm convert --from WORKDIR/final --to-hf DIR`
-exports.
+On disk, WORKDIR/: `checkpoints/<N>/` (rolling, `train.checkpoint`), `metrics.jsonl` (`train.metrics`: train
+lines with MFU (`train.mfu`), eval lines, and greedy-decoded validation samples (`train.samples`) with each
+evaluation), `tensorboard/` (the same scalars as event files, a new file per start: `train.tensorboard_log`),
+`config.json`, `tokenizer/` (trained-from-scratch presets), `catalog-train.npz` (the input plan's scan),
+`loss_curves.png` (`train.plots`, redrawn at the end of each start) and `final/` at the end: a model checkpoint
+(`model.checkpoint`) that `medclm convert --from WORKDIR/final --to-hf DIR` exports. Process 0 shows a progress bar
+on a terminal (`train.progress`). The train lines' rates (and MFU) count training time only: an evaluation's time
+is taken out of the window it falls in.
 
 Exact resume. A checkpoint of step N holds the train state after N steps, the input stream's state (per process)
 and the scheduler's state, all as of the same point of the loop: step N - 1 dispatched, step N - 2's metrics
@@ -53,7 +57,9 @@ from medclm_jax.model import presets
 from medclm_jax.model import sharding as shd
 from medclm_jax.model import tokenizer as tokenizer_lib
 from medclm_jax.model import vlm
-from medclm_jax.train import curriculum, losses, metrics, optim
+from medclm_jax.train import curriculum, losses, metrics, optim, plots, progress, tensorboard_log
+from medclm_jax.train import mfu as mfu_lib
+from medclm_jax.train import samples as samples_lib
 from medclm_jax.train import state as state_lib
 from medclm_jax.train import step as step_lib
 from medclm_jax.train.checkpoint import TrainCheckpoints
@@ -138,13 +144,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         eval_step = step_lib.compile_step(
             step_lib.jit_eval_step(model_cfg, loss_cfg, len(domains), layout.shardings.params, mesh),
             layout.abstract.params, batch_shape, mesh=mesh)
+    samples = (samples_lib.ValSamples(config, model_cfg, pre, mesh) if eval_step is not None and config.eval_samples
+               else None)
+    meter, note = mfu_lib.Mfu.for_run(model_cfg, config.data.max_len, jax.devices()[0].device_kind,
+                                      jax.device_count(), config.peak_flops_per_device)
+    log.info(note)
 
     # ---------------------------------------------------------------------------------- the loop
     log_file = metrics.JsonlLog(os.path.join(workdir, "metrics.jsonl"), active=lead)
     log_file.truncate_from(start)
+    kept = metrics.read_jsonl(log_file.path) if lead and os.path.isfile(log_file.path) else []
+    board = tensorboard_log.TensorBoardLog(os.path.join(workdir, "tensorboard"), start, replay=kept, active=lead)
     window, window_start = metrics.Window(), time.perf_counter()
     row_offset = jax.process_index() * options.local_batch(jax.process_count())
     total, step, stopped_by, last_ckpt = int(config.total_steps), start, None, None
+    bar = progress.ProgressBar(total, start, active=lead)
+
+    def report(record: dict[str, Any]) -> None:
+        log_file.write(record)
+        board.write(record)
 
     def absorb(p: metrics.Pending) -> None:
         """Step p.index's metrics: checked, fed to the scheduler (whose state the stream plans with), logged."""
@@ -157,10 +175,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         if (p.index + 1) % config.log_every == 0 or p.index + 1 == total:
             now = time.perf_counter()
             record = window.summary(p.index + 1, now - window_start, domains)
+            if meter is not None:
+                record["mfu"] = meter(record["tokens_per_s"])
             record.update(curriculum.summary(ccfg, cstate, p.index + 1))
-            log_file.write(record)
-            log.info("step %d: loss %.4f (ans %.4f, cot %.4f), lr %.3g, %.2f steps/s", record["step"],
-                     record["loss"], record["ans"], record["cot"], record["lr"], record["steps_per_s"])
+            report(record)
+            bar.show(record)
+            log.info("step %d: loss %.4f (ans %.4f, cot %.4f), lr %.3g, %.2f steps/s%s", record["step"],
+                     record["loss"], record["ans"], record["cot"], record["lr"], record["steps_per_s"],
+                     f", MFU {record['mfu']:.2%}" if "mfu" in record else "")
             window, window_start = metrics.Window(), now
 
     def save() -> str:
@@ -181,9 +203,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                 absorb(pending)
             pending = metrics.Pending(step, step_metrics, batch.host["example_id"])
             step += 1
+            bar.advance()
             if eval_step is not None and config.eval_every and step % config.eval_every == 0:
-                log_file.write(evaluate(eval_step, state.params, val_stream, config.data.eval_batches, domains,
-                                        step))
+                pending.host()  # the evaluation queues behind this step anyway; the window's clock stops here
+                began = time.perf_counter()
+                report(evaluate(eval_step, state.params, val_stream, config.data.eval_batches, domains, step))
+                if samples is not None:
+                    log_file.write(samples(state.params, step))
+                window_start += time.perf_counter() - began  # the window's rates count training time only
             stopped_by = signals.requested(step)
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total or stopped_by:
                 last_ckpt = save()
@@ -193,8 +220,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
             absorb(pending)
     finally:
         signals.restore()
+        bar.close()
+        board.close()
         stream.close()
         ckpts.close()  # waits for the asynchronous saves
+    if lead and plots.write_loss_curves(log_file.path, os.path.join(workdir, "loss_curves.png")):
+        log.info("loss curves: %s", os.path.join(workdir, "loss_curves.png"))
 
     # ---------------------------------------------------------------------------------- stopped or done
     if stopped_by:

@@ -9,9 +9,13 @@ A log line (`WORKDIR/metrics.jsonl`, one JSON object per line, written by proces
   train  {"kind": "train", "step": N, "loss", "ans", "cot", "z_loss"  (means over the window's steps),
           "loss/{stage}", "ans/{stage}", "cot/{stage}", "loss/{domain}/{stage}" (per-example means over the
           window), "mix/{stage}" (share of the window's examples), "examples", "lr", "grad_norm" (last step),
-          "steps_per_s", "examples_per_s", "tokens_per_s", "curriculum/..." (`curriculum.summary`)}
+          "steps_per_s", "examples_per_s", "tokens_per_s", "mfu" (`train.mfu`; absent when the chip's peak is
+          unknown), "curriculum/..." (`curriculum.summary`)}
   eval   {"kind": "eval", "step": N, "eval/loss", "eval/loss/{stage}", "eval/ans/{stage}", "eval/cot/{stage}",
           "eval/loss/{domain}/{stage}", "eval/examples"}
+  samples {"kind": "samples", "step": N, "examples": [...]}  (`train.samples`: a few greedy-decoded validation
+          examples, with each evaluation)
+The same train and eval scalars go to TensorBoard event files (`train.tensorboard_log`).
 `step` N counts the training steps done when the line's metrics were made (a train line ends with the step of
 index N - 1; a checkpoint of step N continues with it).
 Floats are the float32 values as Python floats, so a line read back holds the device's exact numbers.
@@ -169,12 +173,13 @@ class JsonlLog:
 
     def truncate_from(self, step: int) -> None:
         """Drops what a run resumed at checkpoint `step` writes again: train lines of steps >= `step` (the
-        checkpoint's pending step is logged after it) and eval lines of steps > `step`."""
+        checkpoint's pending step is logged after it) and eval and samples lines of steps > `step` (those of
+        `step` itself were made before its checkpoint)."""
         if not self.active or not os.path.isfile(self.path):
             return
         with open(self.path) as f:
             records = [(line, json.loads(line)) for line in f if line.strip()]
-        kept = [line for line, r in records if r.get("step", -1) < step + (r.get("kind") == "eval")]
+        kept = [line for line, r in records if r.get("step", -1) < step + (r.get("kind") in ("eval", "samples"))]
         tmp = f"{self.path}.tmp"
         with open(tmp, "w") as f:
             f.writelines(kept)
