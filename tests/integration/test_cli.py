@@ -96,3 +96,12 @@ def test_demo_runs_data_gen_training_and_evaluation(tmp_path, capsys):
     assert all(int(r[1]) > 0 for r in rows)
     assert page.count('<img src="data:image/jpeg;base64,') == expected  # 6 examples: two best, two worst, two drawn
     assert "<polyline" in page.split('<h2 id="training">', 1)[1].split('<h2 id="examples">', 1)[0]
+
+    # Re-running reuses what is done: the phantom files, every shard, the trained run, every prediction.
+    predictions = (tmp_path / "eval" / "predictions.jsonl").read_bytes()
+    assert demo.main(["--workdir", str(tmp_path), "-n", "12", "--workers", "1", "--quick"]) == 0
+    again = capsys.readouterr().out
+    assert "(reused: 12 images, seed 0)" in again and "0 rebuilt because their inputs changed" in again
+    assert "medclm train: done, 8 steps" in again
+    assert re.search(rf"test split: {expected} of \d+ examples scored[^;]*; 0 generated now", again), again[-2000:]
+    assert (tmp_path / "eval" / "predictions.jsonl").read_bytes() == predictions
