@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any
 
 import jax
@@ -162,8 +163,8 @@ def _decode(decoder, params, x, input_mask, attn_mask, rng, *, max_new_tokens, s
 def _eos_tuple(eos_id: int | tuple[int, ...] | None) -> tuple[int, ...]:
     if eos_id is None:
         return ()
-    if isinstance(eos_id, int):
-        return (eos_id,)
+    if isinstance(eos_id, numbers.Integral):  # numpy ids too (a tokenizer's or config's np.int64)
+        return (int(eos_id),)
     return tuple(int(e) for e in eos_id)
 
 

@@ -6,6 +6,7 @@ spread the residual stream repeats the last token forever, which would make the 
 """
 
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -17,6 +18,16 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 from medclm_jax.model import convert_gemma, decode, gemma  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _retrace_under_mutmut():
+    """Under mutmut only: it maps each test to the functions it reaches by recording their calls in one process,
+    and a jitted program called again with the same shapes is not traced again, so without this only the first
+    test of each (decoder, sampling, shapes) would be mapped to ``decode``'s functions."""
+    if 'MUTANT_UNDER_TEST' in os.environ:
+        jax.clear_caches()
+    yield
+
 
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=4, head_dim=16)
 WINDOW = 4
@@ -236,6 +247,9 @@ def test_sampling_over_many_steps_draws_fresh_from_the_distribution(temperature,
     p_same = (want ** 2).sum()
     assert abs(same - p_same) <= 4.5 * np.sqrt(p_same * (1 - p_same) / tokens[:, 1:].size), (same, p_same)
     assert len({tuple(row) for row in tokens}) == b  # rows draw independently too
+    # Every step has its own key, the first included: no two consecutive steps agree on all 16 rows (that has
+    # probability sum(q^2)^16 < 1e-8 with fresh keys, and is certain when two steps share one).
+    assert all((tokens[:, i] != tokens[:, i + 1]).any() for i in range(n - 1))
     again = decode.generate(dec, params, np.full((b, 3), 2, np.int32), max_new_tokens=n, rng=_key(11),
                             sampling=sampling)
     np.testing.assert_array_equal(np.asarray(again.tokens), tokens)  # a key fixes the draw
@@ -277,3 +291,71 @@ def test_ring_cache_needs_unrolled_layers():
     _, dec, _ = _ours('gemma3', scan_layers=True)
     with pytest.raises(ValueError, match='unrolled'):
         gemma.init_cache(dec.config, 1, 32, ring=True)
+
+
+# mutation-testing gaps (benchmarks/results/mutation.md, decode.py)
+
+def test_bad_sampling_settings_and_decode_arguments_are_refused_with_their_rule():
+    rule = 'need temperature >= 0, top_k >= 0, 0 < top_p <= 1'
+    for bad in (dict(temperature=-0.01), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.01)):
+        with pytest.raises(ValueError, match=rule):
+            decode.Sampling(**bad)
+    decode.Sampling(temperature=0.0, top_k=0, top_p=1.0)  # the boundaries themselves are allowed
+    decode.Sampling(temperature=0.01, top_k=1, top_p=0.01)
+    dec, params = _steady_decoder()
+    prompt = np.full((1, 3), 2, np.int32)
+    with pytest.raises(ValueError, match='max_new_tokens must be >= 1, got 0'):
+        decode.generate(dec, params, prompt, max_new_tokens=0)
+    with pytest.raises(ValueError, match='temperature > 0 needs an rng key'):
+        decode.generate(dec, params, prompt, max_new_tokens=2, sampling=decode.Sampling(temperature=1.0))
+
+
+def test_a_single_new_token_and_a_single_int_eos_id():
+    """The steady decoder's greedy token is 0 at every step: one new token is allowed, and an int ``eos_id``
+    (not a tuple) ends the row at once, ``pad_id`` after it."""
+    dec, params = _steady_decoder()
+    prompt = np.full((2, 3), 2, np.int32)
+    one = decode.generate(dec, params, prompt, max_new_tokens=1)
+    np.testing.assert_array_equal(np.asarray(one.tokens), [[0], [0]])
+    np.testing.assert_array_equal(np.asarray(one.lengths), [1, 1])
+    out = decode.generate(dec, params, prompt, max_new_tokens=4, eos_id=0, pad_id=7)
+    np.testing.assert_array_equal(np.asarray(out.tokens), [[0, 7, 7, 7]] * 2)
+    np.testing.assert_array_equal(np.asarray(out.lengths), [1, 1])
+    numpy_id = decode.generate(dec, params, prompt, max_new_tokens=4, eos_id=np.int64(0), pad_id=7)  # a config's id
+    np.testing.assert_array_equal(np.asarray(numpy_id.tokens), np.asarray(out.tokens))
+    never = decode.generate(dec, params, prompt, max_new_tokens=4, eos_id=5, pad_id=7)
+    np.testing.assert_array_equal(np.asarray(never.tokens), np.zeros((2, 4)))
+    np.testing.assert_array_equal(np.asarray(never.lengths), [4, 4])
+
+
+def test_prefill_alone_defaults_to_causal_and_reads_each_rows_last_real_token():
+    """``prefill`` called without a prompt mask (``decode`` always passes one): causal attention, and the
+    logits of each row's last real token, a one-token prompt included, equal the uncached forward pass."""
+    _, dec, params = _ours('gemma1', scan_layers=False)
+    prompts = _prompts([5, 1, 3], seed=2)
+    tokens = _pad(prompts)
+    x = dec.apply(params, jnp.asarray(tokens), method=dec.embed)
+    logits, state = decode.prefill(dec, params, x, tokens != 0, cache_len=7)
+    for row, p in enumerate(prompts):
+        n = len(p)
+        want = _forward(dec, params, p[None], jnp.arange(n)[None], jnp.tril(jnp.ones((1, n, n), bool)))[0, -1]
+        np.testing.assert_allclose(np.asarray(logits[row]), np.asarray(want), rtol=2e-5, atol=2e-5,
+                                   err_msg=str(row))
+    np.testing.assert_array_equal(np.asarray(state['next_pos']), [5, 1, 3])
+    np.testing.assert_array_equal(np.asarray(state['valid']), np.pad(tokens != 0, ((0, 0), (0, 2))))
+
+
+def test_sampled_rows_stop_at_their_own_first_eos():
+    """Rows sampled from the steady decoder hit EOS (token 1) at different steps: each row's length is its own
+    first EOS + 1 (``max_new_tokens`` without one), ``pad_id`` after it, both outputs int32 as documented."""
+    dec, params = _steady_decoder()
+    n = 8
+    out = decode.generate(dec, params, np.full((16, 3), 2, np.int32), max_new_tokens=n, rng=_key(3),
+                          sampling=decode.Sampling(temperature=1.0), eos_id=(1,), pad_id=0)
+    assert out.tokens.dtype == jnp.int32 and out.lengths.dtype == jnp.int32
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    for row in range(16):
+        hits = np.flatnonzero(tokens[row] == 1)
+        end = hits[0] + 1 if len(hits) else n
+        assert lengths[row] == end and (tokens[row, end:] == 0).all(), (row, tokens[row], lengths[row])
+    assert len(set(lengths.tolist())) > 2  # rows stop at different steps, some never
