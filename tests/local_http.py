@@ -10,7 +10,7 @@ import contextlib
 import http.server
 import json
 import threading
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 class JSONHandler(http.server.BaseHTTPRequestHandler):
@@ -42,3 +42,27 @@ def serve(handler: type, server_class: type = http.server.ThreadingHTTPServer) -
         server.server_close()
         thread.join(timeout=5)
         assert not thread.is_alive()
+
+
+def hung_llm(release: threading.Event, asked: Optional[threading.Event] = None) -> type:
+    """An LLM endpoint that passes the build's start-up check (it lists the model `test-vlm`) and then answers no
+    request until `release` is set, as a hung server would; `asked` is set when the first request arrives."""
+
+    class Hung(JSONHandler):
+        def do_GET(self):
+            self.send_json(200, {"object": "list", "data": [{"id": "test-vlm"}]})
+
+        def do_POST(self):
+            if asked is not None:
+                asked.set()
+            release.wait(600)
+
+    return Hung
+
+
+def llm_build_sets(base_url: str) -> list[str]:
+    """`medclm-data build` arguments that send every conversion to the LLM endpoint at `base_url` (model
+    `test-vlm`, one try, a 600 s timeout), two records a shard."""
+    sets = ["write.records_per_shard=2", "synth.backend=llm", f"synth.llm.base_url={base_url}",
+            "synth.llm.model=test-vlm", "synth.llm.timeout_s=600", "synth.llm.retries=0"]
+    return [arg for item in sets for arg in ("--set", item)]

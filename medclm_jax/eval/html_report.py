@@ -183,15 +183,13 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     return [t for t in ticks if below[-1] <= t <= above[0]]
 
 
-def line_chart(series: Sequence[tuple[str, str, bool, Sequence[tuple[float, float]]]], title: str,
-               width: int = 640, height: int = 260) -> str:
-    """Inline SVG of (label, colour, dashed, [(step, value)]) series on shared axes; points are marked, so a run
-    of one logged step still shows. The y axis is logarithmic when the values are positive and span more than a
-    factor 20 (a loss falling from its initial value), else linear from 0 (or the minimum when negative)."""
-    series = [s for s in series if s[3]]
-    if not series:
-        return ""
-    left, right, top, bottom = 56, 150, 24, 34
+def chart_axes(series: Sequence[tuple[str, str, bool, Sequence[tuple[float, float]]]],
+               plot: tuple[float, float, float, float]) -> tuple[list[float], list[float], bool, Any]:
+    """(x ticks, y ticks, log y, px) of non-empty (label, colour, dashed, [(step, value)]) series drawn in the
+    `plot` rectangle (left, top, right, bottom, in pixels): `px(step, value)` is the point's pixel. The y axis is
+    logarithmic when the values are positive and span more than a factor 20, else linear from 0 (or the minimum
+    when negative). Shared by the SVG charts here and the PNG of `train/plots.py`."""
+    left, top, right, bottom = plot
     xs = [x for s in series for x, _ in s[3]]
     ys = [y for s in series for _, y in s[3]]
     x_ticks = nice_ticks(min(xs), max(xs)) if max(xs) > min(xs) else [min(xs) - 1, min(xs), min(xs) + 1]
@@ -201,9 +199,22 @@ def line_chart(series: Sequence[tuple[str, str, bool, Sequence[tuple[float, floa
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], f(y_ticks[0]), f(y_ticks[-1])
 
     def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x0) / (x1 - x0) * (width - left - right),
-                height - bottom - (f(y) - y0) / (y1 - y0) * (height - top - bottom))
+        return (left + (x - x0) / (x1 - x0) * (right - left), bottom - (f(y) - y0) / (y1 - y0) * (bottom - top))
 
+    return x_ticks, y_ticks, log_y, px
+
+
+def line_chart(series: Sequence[tuple[str, str, bool, Sequence[tuple[float, float]]]], title: str,
+               width: int = 640, height: int = 260) -> str:
+    """Inline SVG of (label, colour, dashed, [(step, value)]) series on shared axes; points are marked, so a run
+    of one logged step still shows. The y axis is logarithmic when the values are positive and span more than a
+    factor 20 (a loss falling from its initial value), else linear from 0 (or the minimum when negative)."""
+    series = [s for s in series if s[3]]
+    if not series:
+        return ""
+    left, right, top, bottom = 56, 150, 24, 34
+    x_ticks, y_ticks, log_y, px = chart_axes(series, (left, top, width - right, height - bottom))
+    x0 = x_ticks[0]
     e = html.escape
     parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="{e(title)}"><text x="{left}" y="15" class="ct">{e(title)}'

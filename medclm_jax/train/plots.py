@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from medclm_jax.eval.html_report import log_ticks, loss_series, nice_ticks, read_training_log
+from medclm_jax.eval.html_report import chart_axes, loss_series, read_training_log
 
 WIDTH, HEIGHT = 960, 540
 LEFT, RIGHT, TOP, BOTTOM = 78, 170, 46, 58  # margins: tick labels left, legend right, title top, x label bottom
@@ -52,17 +52,8 @@ def draw_chart(series: Sequence[Series], title: str) -> Optional[Image.Image]:
     series = [s for s in series if s[3]]
     if not series:
         return None
-    xs = [x for s in series for x, _ in s[3]]
-    ys = [y for s in series for _, y in s[3]]
-    x_ticks = nice_ticks(min(xs), max(xs)) if max(xs) > min(xs) else [min(xs) - 1, min(xs), min(xs) + 1]
-    log_y = min(ys) > 0 and max(ys) / min(ys) > 20
-    y_ticks = log_ticks(min(ys), max(ys)) if log_y else nice_ticks(min(0.0, min(ys)), max(ys) or 1.0)
-    f = math.log10 if log_y else float
-    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], f(y_ticks[0]), f(y_ticks[-1])
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return (LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT),
-                HEIGHT - BOTTOM - (f(y) - y0) / (y1 - y0) * (HEIGHT - TOP - BOTTOM))
+    x_ticks, y_ticks, log_y, px = chart_axes(series, (LEFT, TOP, WIDTH - RIGHT, HEIGHT - BOTTOM))
+    x0 = x_ticks[0]
 
     im = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(im)

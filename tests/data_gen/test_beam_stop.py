@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from local_http import JSONHandler, serve
+from local_http import hung_llm, llm_build_sets, serve
 
 from data_gen import phantom
 
@@ -25,21 +25,11 @@ def test_sigterm_stops_a_beam_build_and_says_how_to_resume(tmp_path):
     phantom.write_phantom(raw, 3, seed=3)
     asked, release = threading.Event(), threading.Event()
 
-    class Hung(JSONHandler):  # passes the start-up check, then never answers: a conversion is in progress
-        def do_GET(self):
-            self.send_json(200, {"object": "list", "data": [{"id": "test-vlm"}]})
-
-        def do_POST(self):
-            asked.set()
-            release.wait(600)
-
-    server = serve(Hung)
+    server = serve(hung_llm(release, asked))  # a conversion is in progress when SIGTERM comes
     base_url = server.__enter__()
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "data_gen.cli", "build", "--config", f"{CONFIG}:root={raw}", "--out", out,
-           "--runner", "beam", "--no-progress", "--set", "write.records_per_shard=2", "--set", "synth.backend=llm",
-           "--set", f"synth.llm.base_url={base_url}", "--set", "synth.llm.model=test-vlm",
-           "--set", "synth.llm.timeout_s=600", "--set", "synth.llm.retries=0"]
+           "--runner", "beam", "--no-progress", *llm_build_sets(base_url)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert asked.wait(120), f"the Beam build never reached the endpoint: {proc.communicate(timeout=5)}"

@@ -18,7 +18,7 @@ import threading
 import time
 
 import pytest
-from local_http import JSONHandler, serve
+from local_http import JSONHandler, hung_llm, llm_build_sets, serve
 
 from data_gen import phantom
 from data_gen.build import MANIFEST, OutputError, build_failure, run_build
@@ -260,20 +260,11 @@ def test_sigterm_stops_every_worker_and_says_how_to_resume(raw, tmp_path):
     # the workers busy, as a hung server would.
     release = threading.Event()
 
-    class Hung(JSONHandler):
-        def do_GET(self):
-            self.send_json(200, {"object": "list", "data": [{"id": "test-vlm"}]})
-
-        def do_POST(self):
-            release.wait(600)
-
-    server = serve(Hung)
+    server = serve(hung_llm(release))
     base_url = server.__enter__()
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "data_gen.cli", "build", "--config", f"{CONFIG}:root={raw}", "--out", out,
-           "--workers", "2", "--no-progress", "--set", "write.records_per_shard=2", "--set", "synth.backend=llm",
-           "--set", f"synth.llm.base_url={base_url}", "--set", "synth.llm.model=test-vlm",
-           "--set", "synth.llm.timeout_s=600", "--set", "synth.llm.retries=0"]
+           "--workers", "2", "--no-progress", *llm_build_sets(base_url)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers, err = [], ""
     try:
