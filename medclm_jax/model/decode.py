@@ -130,8 +130,7 @@ def extend(decoder: gemma.GemmaDecoder, params: Any, tokens: Array, state: dict[
     return logits[:, 0], {'cache': cache, 'valid': valid, 'next_pos': state['next_pos'] + 1}
 
 
-@functools.partial(jax.jit, static_argnames=('decoder', 'max_new_tokens', 'sampling', 'eos_ids', 'pad_id'))
-def _decode(decoder, params, x, input_mask, attn_mask, rng, *, max_new_tokens, sampling, eos_ids, pad_id):
+def _decode_loop(decoder, params, x, input_mask, attn_mask, rng, *, max_new_tokens, sampling, eos_ids, pad_id):
     b, t = input_mask.shape
     logits, state = prefill(decoder, params, x, input_mask, attn_mask, cache_len=t + max_new_tokens)
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
@@ -158,6 +157,10 @@ def _decode(decoder, params, x, input_mask, attn_mask, rng, *, max_new_tokens, s
     first_eos = jnp.argmax(is_eos, axis=1)
     lengths = jnp.where(jnp.any(is_eos, axis=1), first_eos + 1, max_new_tokens).astype(jnp.int32)
     return DecodeOutput(out, lengths)
+
+
+# Wrapped here rather than decorated: mutmut (`make mutation`) leaves decorated functions unmutated.
+_decode = jax.jit(_decode_loop, static_argnames=('decoder', 'max_new_tokens', 'sampling', 'eos_ids', 'pad_id'))
 
 
 def _eos_tuple(eos_id: int | tuple[int, ...] | None) -> tuple[int, ...]:
