@@ -130,7 +130,7 @@ def extend(decoder: gemma.GemmaDecoder, params: Any, tokens: Array, state: dict[
     return logits[:, 0], {'cache': cache, 'valid': valid, 'next_pos': state['next_pos'] + 1}
 
 
-def _decode_loop(decoder, params, x, input_mask, attn_mask, rng, *, max_new_tokens, sampling, eos_ids, pad_id):
+def _decode(decoder, params, x, input_mask, attn_mask, rng, *, max_new_tokens, sampling, eos_ids, pad_id):
     b, t = input_mask.shape
     logits, state = prefill(decoder, params, x, input_mask, attn_mask, cache_len=t + max_new_tokens)
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
@@ -160,7 +160,7 @@ def _decode_loop(decoder, params, x, input_mask, attn_mask, rng, *, max_new_toke
 
 
 # Wrapped here rather than decorated: mutmut (`make mutation`) leaves decorated functions unmutated.
-_decode = jax.jit(_decode_loop, static_argnames=('decoder', 'max_new_tokens', 'sampling', 'eos_ids', 'pad_id'))
+_decode = jax.jit(_decode, static_argnames=('decoder', 'max_new_tokens', 'sampling', 'eos_ids', 'pad_id'))
 
 
 def _eos_tuple(eos_id: int | tuple[int, ...] | None) -> tuple[int, ...]:

@@ -171,17 +171,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         metrics.check_finite(p.index, host, p.example_ids, row_offset)
         cstate = curriculum.update(ccfg, cstate, p.index, *metrics.curriculum_inputs(host))
         stream.set_curriculum(cstate)
-        window.add(host)
+        window.add(host, timed=p.index >= start)  # the checkpoint's pending step ran before this process
         if (p.index + 1) % config.log_every == 0 or p.index + 1 == total:
             now = time.perf_counter()
             record = window.summary(p.index + 1, now - window_start, domains)
-            if meter is not None:
+            if meter is not None and "tokens_per_s" in record:
                 record["mfu"] = meter(record["tokens_per_s"])
             record.update(curriculum.summary(ccfg, cstate, p.index + 1))
             report(record)
             bar.show(record)
-            log.info("step %d: loss %.4f (ans %.4f, cot %.4f), lr %.3g, %.2f steps/s%s", record["step"],
-                     record["loss"], record["ans"], record["cot"], record["lr"], record["steps_per_s"],
+            rate = f"{record['steps_per_s']:.2f} steps/s" if "steps_per_s" in record else "run before the resume"
+            log.info("step %d: loss %.4f (ans %.4f, cot %.4f), lr %.3g, %s%s", record["step"], record["loss"],
+                     record["ans"], record["cot"], record["lr"], rate,
                      f", MFU {record['mfu']:.2%}" if "mfu" in record else "")
             window, window_start = metrics.Window(), now
 

@@ -138,26 +138,36 @@ class Window:
     """The train metrics of the steps since the last log line."""
 
     def __init__(self):
-        self.steps = 0
+        self.steps = self.timed_steps = 0
         self.scalars = {k: 0.0 for k in SCALARS}
+        self.timed = {"examples": 0.0, "tokens": 0.0}
         self.sums: dict[str, np.ndarray] = {}
         self.last: dict[str, float] = {}
 
-    def add(self, host: Mapping[str, np.ndarray]) -> None:
+    def add(self, host: Mapping[str, np.ndarray], *, timed: bool = True) -> None:
+        """`timed=False`: a step this process did not run (a checkpoint's pending step, absorbed after a resume):
+        its metrics count, its work stays out of the window's rates."""
         self.steps += 1
         for k in SCALARS:
             self.scalars[k] += float(host[k])
+        if timed:
+            self.timed_steps += 1
+            for k in self.timed:
+                self.timed[k] += float(host[k])
         for k in SUMS:
             self.sums[k] = self.sums.get(k, 0.0) + host[k].astype(np.float64)
         self.last = {"lr": float(host["lr"]), "grad_norm": float(host["grad_norm"])}
 
     def summary(self, step: int, seconds: float, domains: Sequence[str]) -> dict[str, Any]:
-        """The log line's train fields (module docstring); `seconds` is the window's wall time."""
-        n, rate = max(self.steps, 1), 1.0 / max(seconds, 1e-9)
+        """The log line's train fields (module docstring); `seconds` is the window's wall time. The rates count the
+        timed steps only, and are left out when there are none (a run resumed at its last step)."""
+        n = max(self.steps, 1)
         out = {k: self.scalars[k] / n for k in ("loss", "ans", "cot", "z_loss")}  # one step: its exact values
-        out = {"kind": "train", "step": int(step), **out, **self.last, "examples": self.scalars["examples"],
-               "steps_per_s": self.steps * rate, "examples_per_s": self.scalars["examples"] * rate,
-               "tokens_per_s": self.scalars["tokens"] * rate}
+        out = {"kind": "train", "step": int(step), **out, **self.last, "examples": self.scalars["examples"]}
+        if self.timed_steps:
+            rate = 1.0 / max(seconds, 1e-9)
+            out.update(steps_per_s=self.timed_steps * rate, examples_per_s=self.timed["examples"] * rate,
+                       tokens_per_s=self.timed["tokens"] * rate)
         if self.sums:
             per_stage = self.sums["count"].sum(0)
             out.update({f"mix/{s}": float(per_stage[i] / max(per_stage.sum(), 1e-9)) for i, s in enumerate(STAGES)})

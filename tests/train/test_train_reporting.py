@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -183,6 +184,30 @@ def test_a_resumed_run_shows_each_step_once_with_the_values_of_the_resumed_run(t
     want = jsonl_scalars(metrics.read_jsonl(log_file.path))
     assert want["eval/loss"] == [(4, np.float32(0.75)), (6, np.float32(0.5)), (8, 7.0)]
     assert_same_scalars(tensorboard_scalars(folder), want)
+
+
+def test_window_rates_count_only_the_steps_this_process_ran():
+    step = {k: np.float32(1.0) for k in metrics.SCALARS} | {k: np.ones((1, 3)) for k in metrics.SUMS}
+    window = metrics.Window()
+    window.add(dict(step, examples=np.float32(8), tokens=np.float32(100)), timed=False)
+    assert not {"steps_per_s", "examples_per_s", "tokens_per_s"} & set(window.summary(1, 1e-6, ["d"]))
+    window.add(dict(step, examples=np.float32(6), tokens=np.float32(40), loss=np.float32(3.0)))
+    record = window.summary(2, 2.0, ["d"])
+    assert (record["steps_per_s"], record["examples_per_s"], record["tokens_per_s"]) == (0.5, 3.0, 20.0)
+    assert (record["loss"], record["examples"]) == (2.0, 14.0)  # the metrics of both steps
+
+
+def test_a_run_resumed_at_its_last_step_logs_that_step_again_without_a_rate(env, run, tmp_path):
+    """The checkpoint of the last step holds that step's metrics (pending); a resumed run logs them, but the step ran
+    in the earlier process, so the line has no steps/s and no MFU (it was 1,700 steps/s: a window with no time)."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(run[0], workdir)
+    before = lines(workdir, "train")[-1]
+    assert loop.train_and_evaluate(config(env), workdir).step == STEPS
+    after = lines(workdir, "train")
+    assert [r["step"] for r in after] == list(range(1, STEPS + 1))
+    assert after[-1]["loss"] == before["loss"] and "steps_per_s" in before and "mfu" in before
+    assert not {"steps_per_s", "examples_per_s", "tokens_per_s", "mfu"} & set(after[-1])
 
 
 # ------------------------------------------------------------------------------------------------ loss curves PNG
