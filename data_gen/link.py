@@ -290,7 +290,8 @@ def _midline(names: list[str], facts: _OrganFacts, width: int) -> float:
     for n in ("body", "lungs"):
         if n in index:
             c0, c1 = facts.cols(index[n])
-            return (c0 + c1 + 1) / 2.0
+            if c1 >= c0:  # an empty mask says nothing about the midline
+                return (c0 + c1 + 1) / 2.0
     return width / 2.0
 
 

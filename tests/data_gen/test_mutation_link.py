@@ -194,6 +194,13 @@ def test_an_empty_lung_mask_is_ignored_for_the_midline():
     assert _sides(organs, [(38, 42)]) == ["right"]  # the image centre (50): the box is on the patient's right
 
 
+@pytest.mark.parametrize("name", ["body", "lungs"])
+def test_an_empty_body_or_lungs_mask_is_ignored_for_the_midline(name):
+    """An empty mask has no columns: it used to put the midline at column 0, every box on the patient's left."""
+    organs = [(name, np.zeros((100, 100), bool))]
+    assert _sides(organs, [(20, 30), (70, 80)]) == ["right", "left"]  # the image centre (50), as without masks
+
+
 @pytest.mark.parametrize("right_cols,left_cols", [((10, 51), (50, 90)), ((50, 90), (10, 51))])
 def test_overlapping_lungs_give_no_midline_between_them(right_cols, left_cols):
     """Lungs sharing a column are not side by side: the body's centre (column 30) is the midline."""
@@ -303,3 +310,129 @@ def test_zone_thirds_of_the_hosts_rows(cy, zone):
 
 def test_zone_of_a_one_row_host():
     assert _one((40, 50, 50, 51), [("heart", (50, 51, 20, 80))]).zone == "middle"
+
+
+# mutation-testing gaps (data_gen/link.py on the coverage grid) -------------------------------------------------------
+# Masks on a grid of 2-pixel cells holding each cell's coverage (0..255), as `load_masks` hands them over for large
+# images; every expectation below is worked out in image pixels by hand or by expanding the cells to pixels.
+
+FULL = 255  # data_gen.segment.grid.COVERAGE_FULL: a cell wholly inside the mask
+
+
+def _grid_one(box, organs, shape, cell=2, bounds=False, cfg=None, **image):
+    """`link_lesions` for one box with coverage planes `[(name, uint8 [ceil(H / cell), ceil(W / cell)])]`;
+    `bounds`: pass each plane's bounding box on the grid (end-exclusive), as `load_masks` does."""
+    planes = np.stack([p for _, p in organs])
+    known = None
+    if bounds:
+        known = []
+        for p in planes:
+            rows, cols = np.flatnonzero(p.any(axis=1)), np.flatnonzero(p.any(axis=0))
+            known.append([rows[0], rows[-1] + 1, cols[0], cols[-1] + 1])
+        known = np.asarray(known, np.int64)
+    masks = OrganMasks(names=[n for n, _ in organs], masks=planes, source="test", cell=cell, bounds=known)
+    return link.link_lesions(np.asarray([box], np.float64), masks, _image(*shape, **image), cfg)[0]
+
+
+@pytest.mark.parametrize("bounds", [False, True], ids=["no bounds", "bounds"])
+@pytest.mark.parametrize("cy,zone", [(33.75, "upper"), (34.0, "middle"), (56.75, "middle"), (57.0, "lower")])
+def test_zone_thirds_of_a_host_on_the_coverage_grid(cy, zone, bounds):
+    """Heart cells: row 5 half covered (a flat top border half way through the cell: pixel row 11 only), rows
+    6..39 full (pixel rows 12..79); so the heart's pixel rows are 11..79, 69 rows, thirds at rows 34 and 57.
+    Reading a full end cell as one pixel row (rows 11..78), or the bounding box's offset with the wrong sign,
+    moves the thirds."""
+    heart = np.zeros((50, 50), np.uint8)
+    heart[5, 10:40] = 128
+    heart[6:40, 10:40] = FULL
+    r = _grid_one((40, cy - 2, 50, cy + 2), [("heart", heart)], (100, 100), bounds=bounds)
+    assert (r.organ, r.score, r.zone) == ("heart", 1.0, zone)
+
+
+@pytest.mark.parametrize("cy,zone", [(60.25, "upper"), (60.5, "middle"), (80.5, "middle"), (81.0, "lower")])
+def test_a_host_reaching_the_ragged_last_row_of_cells_ends_at_the_images_last_row(cy, zone):
+    """101 x 120 image, cells of 2: the last row of cells holds only pixel row 100. The heart's cells are rows
+    20..50 (full): pixel rows 40..100, 61 rows, thirds at 40 + 61/3 = 60.33 and 40 + 122/3 = 80.67. Clipping its
+    end to the grid (row 101) or to the image width instead of the height moves them."""
+    heart = np.zeros((51, 60), np.uint8)
+    heart[20:51, 10:50] = FULL
+    r = _grid_one((50, cy - 2, 60, cy + 2), [("heart", heart)], (101, 120), bounds=True)
+    assert (r.organ, r.score, r.zone) == ("heart", 1.0, zone)
+
+
+@pytest.mark.parametrize("cells", [(slice(30, 35), slice(20, 25)), (slice(20, 25), slice(30, 35))],
+                         ids=["below", "right"])
+def test_nearest_organ_distance_on_the_coverage_grid_is_in_image_pixels(cells):
+    """The liver's cells 30..34 (pixels 60..69) below or right of the box (pixels 40..50): the nearest cell
+    centre is pixel 61, 11 pixels from the box edge (from cell centres, as rule 5 says for a grid)."""
+    liver = np.zeros((50, 50), np.uint8)
+    liver[cells] = FULL
+    r = _grid_one((40, 40, 50, 50), [("liver", liver)], (100, 100), cfg={"max_distance_px": 15}, modality="ct")
+    assert (r.organ, r.method, r.score, r.distance_px, r.distance_mm) == ("liver", "nearest", 0.0, 11.0, None)
+
+
+@pytest.mark.parametrize("col_direction,cxs", [("L", (40, 56)), ("R", (40, 24))])
+def test_liver_lobes_on_the_coverage_grid(col_direction, cxs):
+    """The liver fills image columns 0..79 (cells 0..39) evenly: 60% of it, from the patient's right, is its 48
+    columns 0..47 ('L': the patient's right is image-left) or 32..79 ('R'). Box centres 8 pixels either side of
+    that border lie in the right lobe (first) and the left lobe (second)."""
+    liver = np.zeros((50, 50), np.uint8)
+    liver[20:30, 0:40] = FULL
+    got = [_grid_one((cx - 2, 45, cx + 2, 55), [("liver", liver)], (100, 100), modality="ct",
+                     col_direction=col_direction).location for cx in cxs]
+    assert got == ["right lobe of liver", "left lobe of liver"]
+
+
+def test_a_containment_tie_on_the_coverage_grid_goes_to_the_higher_iou_by_coverage_area():
+    """Both masks hold the whole box (8 x 8 pixels). The heart's core is 6 x 6 full cells inside a ring of 64
+    cells a quarter covered: 144 + 64.25 = 208.25 pixels, less than the aorta's 8 x 8 full cells (256 pixels),
+    though it touches more cells (100). The IoU, with areas in pixels of coverage, picks the heart, although the
+    aorta sorts first by name; counting touched cells (400 pixels) would pick the aorta."""
+    aorta = np.zeros((50, 50), np.uint8)
+    aorta[10:18, 10:18] = FULL
+    heart = np.zeros((50, 50), np.uint8)
+    heart[9:19, 9:19] = 64
+    heart[11:17, 11:17] = FULL
+    box = (24, 24, 32, 32)
+    pixels = {n: np.repeat(np.repeat(p, 2, axis=0), 2, axis=1) / FULL for n, p in (("aorta", aorta), ("heart", heart))}
+    inter = {n: p[24:32, 24:32].sum() for n, p in pixels.items()}
+    assert inter == {"aorta": 64.0, "heart": 64.0}
+    iou = {n: inter[n] / (64 + p.sum() - inter[n]) for n, p in pixels.items()}
+    assert iou["heart"] > iou["aorta"]  # 64 / 208.25 vs 64 / 256
+    r = _grid_one(box, [("aorta", aorta), ("heart", heart)], (100, 100), modality="ct")
+    assert (r.organ, r.score, r.method) == ("heart", 1.0, "containment")
+
+
+def test_float32_boxes_give_sizes_rounded_in_float64():
+    """Detector boxes often arrive as float32. The size in mm is rounded to a tenth as a float64: 7.2, not the
+    float32 7.2 that reads back as 7.199999809... (what a float32 computation hands to the rationale)."""
+    boxes = np.asarray([(30, 40, 40.3, 50.26)], np.float32)
+    r = link.link_lesions(boxes, OrganMasks(names=[], masks=np.zeros((0, 100, 100), bool)),
+                          _image(spacing=(0.5, 0.7)), None)[0]
+    assert [float(v) for v in r.size_mm] == [7.2, 5.1]
+
+
+@pytest.mark.parametrize("rows,winner_covers_more", [(62, True), (59, False)])
+def test_a_near_tie_in_containment_is_decided_by_iou_in_image_pixels(rows, winner_covers_more):
+    """Rule 2 ties containments within 1e-6, then takes the higher IoU, all in image pixels. Cells of 4 pixels:
+    two masks fill the same `rows` x 64 cells, except the cell at the box's top-left corner (which holds one
+    pixel of the 64 x 64 box): 255 in one, 254 in the other. The fuller mask wins 1/255 pixel of intersection
+    (containments 1/1044480 apart: tied) for 16/255 pixel of area; whether that raises its IoU depends on the
+    areas (62 rows: 63488 pixels, it does; 59 rows: 60416 pixels, it does not), so areas in any other unit (per
+    cell, x 255 instead of / 255, x cell^3) pick the other mask."""
+    fuller = np.zeros((80, 80), np.uint8)
+    fuller[:rows, :64] = FULL
+    thinner = fuller.copy()
+    thinner[15, 15] = FULL - 1
+    box = (63, 63, 127, 127)  # pixels 63..126: the corner cell (15, 15) holds pixel (63, 63) only
+    planes = {"fuller": fuller, "thinner": thinner}
+    pixels = {n: np.repeat(np.repeat(p, 4, axis=0), 4, axis=1) / FULL for n, p in planes.items()}
+    inter = {n: p[63:127, 63:127].sum() for n, p in pixels.items()}
+    assert 0 < (inter["fuller"] - inter["thinner"]) / 4096 < 1e-6
+    iou = {n: inter[n] / (4096 + p.sum() - inter[n]) for n, p in pixels.items()}
+    assert (iou["fuller"] > iou["thinner"]) == winner_covers_more
+    # the IoU winner is named "heart", the other "aorta" (first by name)
+    names = {n: "heart" if (n == "fuller") == winner_covers_more else "aorta" for n in planes}
+    organs = sorted((names[n], p) for n, p in planes.items())
+    r = _grid_one(box, organs, (320, 320), cell=4, modality="ct")
+    assert r.organ == "heart"
+    assert r.score == pytest.approx(inter["fuller" if winner_covers_more else "thinner"] / 4096, abs=1e-12)
