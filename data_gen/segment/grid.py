@@ -68,13 +68,17 @@ def resample_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def area_resize(grey: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """uint8 `[h, w]` -> `[H, W]` by area averaging (OpenCV INTER_AREA); for H <= h and W <= w.
 
-    When `[H, W]` is the grid of `[h, w]` at some cell size f (ceil(h / f) = H, ceil(w / f) = W), the last row and
-    column are first padded to whole cells with copies of the image's edge, so cell i averages pixels
-    i*f .. i*f + f - 1 as the grid defines it (a plain resize would spread the ragged edge over every cell).
+    When `[H, W]` is the grid of `[h, w]` at some cell size f (ceil(h / f) = H, ceil(w / f) = W; a power of two, as
+    `cell_for` makes them and as a JPEG decoded at 1/2-1/8 scale keeps them), the last row and column are first
+    padded to whole cells with copies of the image's edge, so cell i averages pixels i*f .. i*f + f - 1 as the grid
+    defines it (a plain resize would spread the ragged edge over every cell). f is not ceil(h / H): a 2049-pixel
+    side on a grid of 64-pixel cells has 33 cells, and ceil(2049 / 33) = 63.
     """
     cv2 = opencv()
     h, w = grey.shape
-    f = -(-h // shape[0])
+    f = 1
+    while -(-h // f) > shape[0]:
+        f *= 2
     if (-(-h // f), -(-w // f)) == tuple(shape) and (h % f or w % f):
         grey = cv2.copyMakeBorder(np.ascontiguousarray(grey), 0, shape[0] * f - h, 0, shape[1] * f - w,
                                   cv2.BORDER_REPLICATE)
