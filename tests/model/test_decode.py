@@ -359,3 +359,86 @@ def test_sampled_rows_stop_at_their_own_first_eos():
         end = hits[0] + 1 if len(hits) else n
         assert lengths[row] == end and (tokens[row, end:] == 0).all(), (row, tokens[row], lengths[row])
     assert len(set(lengths.tolist())) > 2  # rows stop at different steps, some never
+
+
+# mutation-testing gaps (decode.py, round 3)
+
+def _draws(logits, sampling, n=256):
+    """``n`` draws of ``sample_logits`` for one row of logits, each with its own key."""
+    sample = functools.partial(decode.sample_logits, jnp.asarray(logits, jnp.float32)[None], sampling=sampling)
+    return np.asarray(jax.jit(jax.vmap(lambda k: sample(k)[0]))(jax.random.split(_key(0), n)))
+
+
+def test_top_k_on_a_single_row_keeps_k_tokens_not_one_per_row():
+    """``top_k`` keeps the k largest logits of a row, whatever the batch size: on a batch of one row a sampler
+    that bounded k by the number of rows instead of the vocabulary would always draw the argmax."""
+    logits = [2.0, 1.9, 1.8, -5.0, -5.0, -5.0, -5.0, -5.0]
+    assert set(_draws(logits, decode.Sampling(temperature=1.0, top_k=2))) == {0, 1}
+    assert set(_draws(logits, decode.Sampling(temperature=1.0, top_k=3))) == {0, 1, 2}
+    assert set(_draws(logits, decode.Sampling(temperature=1.0, top_k=20))) >= {0, 1, 2}  # k > V keeps all
+
+
+def test_top_p_boundary_head_whose_mass_equals_p_exactly_matches_transformers():
+    """Probabilities 1/2, 1/4, 1/8, 1/8 (exact in float32): the head {0} has mass exactly 0.5 and {0, 1} exactly
+    0.75, so top-p 0.5 keeps token 0 alone and 0.75 keeps {0, 1}, as transformers' ``TopPLogitsWarper`` does. A
+    filter that also kept a token whose preceding mass equals p would keep one (or two tied) tokens more."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+    logits = np.log(np.array([0.5, 0.25, 0.125, 0.125], np.float32))
+    for top_p in (0.5, 0.75):
+        hf = TopPLogitsWarper(top_p)(None, torch.tensor(logits)[None])[0]
+        want = set(np.flatnonzero(np.isfinite(hf.numpy())).tolist())
+        assert want == ({0} if top_p == 0.5 else {0, 1})
+        assert set(_draws(logits, decode.Sampling(temperature=1.0, top_p=top_p)).tolist()) == want, top_p
+
+
+def test_decode_pads_with_zero_by_default_and_draws_from_the_given_key():
+    """``decode`` called directly (the VLM path, ``generate`` always passes its own ``pad_id``): the documented
+    default ``pad_id = 0`` fills the row after EOS; and a sampled draw depends on the ``rng`` passed in (two
+    keys give different tokens, one key the same), not on a key of the decoder's own."""
+    dec, params = _steady_decoder()  # greedy token 0 at every step
+    prompt = np.full((4, 3), 2, np.int32)
+    x = dec.apply(params, jnp.asarray(prompt), method=dec.embed)
+    mask = np.ones(prompt.shape, bool)
+    out = decode.decode(dec, params, x, mask, max_new_tokens=4, eos_id=0)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.zeros((4, 4)))
+    np.testing.assert_array_equal(np.asarray(out.lengths), [1, 1, 1, 1])
+    sampling = decode.Sampling(temperature=1.0)
+    draws = [np.asarray(decode.decode(dec, params, x, mask, max_new_tokens=6, rng=_key(seed),
+                                      sampling=sampling).tokens) for seed in (1, 2, 1)]
+    assert (draws[0] != draws[1]).any()  # equal with probability sum(q^2)^24 < 1e-11
+    np.testing.assert_array_equal(draws[0], draws[2])
+
+
+def test_decode_argument_errors_have_exactly_the_documented_message():
+    """The whole message, anchored: a message with extra text around the rule would still match a search."""
+    dec, params = _steady_decoder()
+    x = jnp.zeros((1, 3, dec.config.width))
+    mask = np.ones((1, 3), bool)
+    with pytest.raises(ValueError, match=r'^decode: max_new_tokens must be >= 1, got 0$'):
+        decode.decode(dec, params, x, mask, max_new_tokens=0)
+    with pytest.raises(ValueError, match=r'^decode: sampling with temperature > 0 needs an rng key$'):
+        decode.decode(dec, params, x, mask, max_new_tokens=2, sampling=decode.Sampling(temperature=1.0))
+
+
+def test_top_p_cuts_each_row_at_its_own_head_on_unsorted_rows():
+    """Two rows of different scale and token order in one batch: top-p 0.7 keeps each row's own head (as
+    transformers' ``TopPLogitsWarper`` does, row by row). A cutoff taken over the whole batch, or per sorted
+    position across rows, would let row 0 keep its tail or drop its head."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+    probs = np.array([0.05, 0.15, 0.3, 0.5])
+    logits = np.log(np.stack([probs, probs[::-1]])).astype(np.float32) - np.array([[0.0], [10.0]], np.float32)
+    hf = TopPLogitsWarper(0.7)(None, torch.tensor(logits)).numpy()
+    want = [set(np.flatnonzero(np.isfinite(row)).tolist()) for row in hf]
+    assert want == [{2, 3}, {0, 1}]
+    sample = functools.partial(decode.sample_logits, jnp.asarray(logits), sampling=decode.Sampling(1.0, top_p=0.7))
+    draws = np.asarray(jax.jit(jax.vmap(sample))(jax.random.split(_key(0), 256)))  # [256, 2]
+    assert [set(draws[:, row].tolist()) for row in range(2)] == want
+
+
+def test_generated_tokens_are_a_strongly_typed_int32_array():
+    """``tokens`` is documented ``int32``: a weakly typed int32 (what an output buffer created from the Python int
+    ``pad_id`` without a dtype is) would promote like a Python scalar, e.g. to int8 next to an int8 array."""
+    dec, params = _steady_decoder()
+    out = decode.generate(dec, params, np.full((2, 3), 2, np.int32), max_new_tokens=3, eos_id=0)
+    assert out.tokens.dtype == jnp.int32 and not out.tokens.weak_type
+    assert (out.tokens + jnp.int8(1)).dtype == jnp.int32
