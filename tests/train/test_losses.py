@@ -281,3 +281,84 @@ def test_a_padding_row_with_real_spans_reports_zero_loss():
     _, aux = span_loss(jnp.asarray(logits), batch, losses.LossConfig(), num_domains=2)
     assert float(aux["loss_example"][4]) == 0.0 and float(aux["loss_example"][0]) > 0
     np.testing.assert_allclose(aux["loss_ans"][4], aux["loss_ans"][0], rtol=1e-6)
+
+
+# mutation-testing gaps (losses.py, round 3)
+
+
+def np_log_softmax(x):
+    """Plain float64 numpy log-softmax over the last axis, max taken per position."""
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_token_nll_is_stable_per_position_whatever_the_other_positions_logits(dtype):
+    """Positions whose logits lie hundreds apart: an implementation that subtracts one max over the whole array
+    (not per position) underflows exp() at the low positions and returns inf/NaN there."""
+    rng = np.random.default_rng(12)
+    logits = rng.normal(0, 2, (2, 3, 11)) + np.array([[0.0, -300.0, 250.0], [-120.0, 40.0, 0.0]])[..., None]
+    logits = np.asarray(jnp.asarray(logits, dtype).astype(jnp.float32))  # the values the function sees
+    targets = rng.integers(0, 11, (2, 3)).astype(np.int32)
+    nll, lse = losses.token_nll(jnp.asarray(logits, dtype), jnp.asarray(targets))
+    want = -np.take_along_axis(np_log_softmax(logits), targets[..., None], -1)[..., 0]
+    m = logits.max(-1)
+    np.testing.assert_allclose(nll, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lse, m + np.log(np.exp(logits - m[..., None]).sum(-1)), rtol=1e-6)
+
+
+def test_z_loss_ignores_a_padding_row_with_real_spans():
+    """A padding row copied from a real row keeps its spans: with a z-loss on, its lse^2 must neither enter the
+    reported z-loss nor give its logits a gradient (a check `weight >= 0` would count it)."""
+    logits, batch = make_batch(13)
+    batch["span"] = SPAN.copy()
+    batch["span"][4] = SPAN[0]
+    logits[4] += 5.0  # a different log-normalizer from row 0's, so counting it changes the mean
+    cfg = losses.LossConfig(z_loss=1e-2)
+    fn = lambda x: losses.span_loss(x, batch, cfg, 2)  # noqa: E731
+    (_, aux), grad = jax.jit(jax.value_and_grad(fn, has_aux=True))(jnp.asarray(logits))
+    lse = np.log(np.exp(logits.astype(np.float64)).sum(-1))
+    on = np.zeros(SPAN.shape, bool)
+    on[:4, :-1] = SPAN[:4, 1:] > 0  # real rows only
+    np.testing.assert_allclose(float(aux["z_loss"]), (lse[on] ** 2).mean(), rtol=1e-5)
+    assert np.abs(np.asarray(grad[4])).max() == 0
+
+
+def test_aux_ans_and_cot_are_the_mean_over_real_rows():
+    """`ans` / `cot` are the weight-averaged per-row span losses over real rows (the metrics the trainer logs);
+    a wrong combination of weight and loss, or a padding row counted, gives other numbers."""
+    logits, batch = make_batch(14)
+    _, aux = span_loss(jnp.asarray(logits), batch, losses.LossConfig(), num_domains=2)
+    real = by_hand(logits, batch)[:4]
+    np.testing.assert_allclose(float(aux["ans"]), np.mean([r["ans"] for r in real]), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["cot"]), np.mean([r["cot"] for r in real]), rtol=1e-5)
+
+
+def test_domain_stage_sums_drop_rows_outside_the_domain_stage_grid():
+    """Rows with a domain outside [0, D) or a stage outside [0, 3) are dropped, not folded into a neighbouring
+    cell (domain 0 stage 3 would land on domain 1 stage 0, domain 1 stage -1 on domain 0 stage 2)."""
+    domain = np.array([0, 1, 2, -1, 1, 0, 1, 1], np.int32)
+    stage = np.array([0, 2, 0, 1, -1, 3, 1, 0], np.int32)
+    weight = np.array([1, 1, 1, 1, 1, 1, 0, 1], np.float32)
+    value = 2.0 ** np.arange(8, dtype=np.float32)  # each row's contribution is visible on its own
+    out = losses.domain_stage_sums(jnp.asarray(domain), jnp.asarray(stage), jnp.asarray(weight), 2,
+                                   v=jnp.asarray(value))
+    want_v, want_n = np.zeros((2, 3)), np.zeros((2, 3))
+    want_v[0, 0], want_v[1, 2], want_v[1, 0] = 1, 2, 128  # rows 0, 1, 7; row 6 is padding (weight 0)
+    want_n[0, 0], want_n[1, 2], want_n[1, 0] = 1, 1, 1
+    assert set(out) == {"v", "count"}
+    np.testing.assert_array_equal(out["v"], want_v)
+    np.testing.assert_array_equal(out["count"], want_n)
+
+
+def test_config_refuses_a_negative_weight_a_bad_pair_and_a_negative_z_loss():
+    """Each stage needs a pair (answer, reasoning) of weights >= 0, and the z-loss coefficient is >= 0; the error
+    names the offending field."""
+    with pytest.raises(ValueError, match="stage_weights"):
+        losses.LossConfig(stage_weights=((0.8, 0.2), (0.8, 0.2), (1.0, -0.1)))
+    with pytest.raises(ValueError, match="stage_weights"):
+        losses.LossConfig(stage_weights=((0.8, 0.2), (0.8, 0.2, 0.0), (1.0, 0.0)))
+    with pytest.raises(ValueError, match="z_loss"):
+        losses.LossConfig(z_loss=-1e-4)
+    assert losses.LossConfig(stage_weights=((0, 0), (0, 1), (1, 0)), z_loss=0.0).stage_weights[0] == (0.0, 0.0)
