@@ -148,7 +148,7 @@ def test_z_loss_value():
     logits, batch = make_batch(6)
     base, _ = span_loss(jnp.asarray(logits), batch, losses.LossConfig(), 2)
     with_z, aux = span_loss(jnp.asarray(logits), batch, losses.LossConfig(z_loss=1e-2), 2)
-    lse = np.log(np.exp(logits.astype(np.float64)).sum(-1))  # [B, T]
+    lse = np_logsumexp(logits)  # [B, T]
     on = np.zeros(SPAN.shape, bool)
     on[:, :-1] = SPAN[:, 1:] > 0
     on &= WEIGHT[:, None] > 0
@@ -286,11 +286,15 @@ def test_a_padding_row_with_real_spans_reports_zero_loss():
 # mutation-testing gaps (losses.py, round 3)
 
 
-def np_log_softmax(x):
-    """Plain float64 numpy log-softmax over the last axis, max taken per position."""
+def np_logsumexp(x):
+    """Plain float64 numpy log-sum-exp over the last axis, max taken per position."""
     x = np.asarray(x, np.float64)
     m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+    return (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[..., 0]
+
+
+def np_log_softmax(x):
+    return np.asarray(x, np.float64) - np_logsumexp(x)[..., None]
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -303,9 +307,8 @@ def test_token_nll_is_stable_per_position_whatever_the_other_positions_logits(dt
     targets = rng.integers(0, 11, (2, 3)).astype(np.int32)
     nll, lse = losses.token_nll(jnp.asarray(logits, dtype), jnp.asarray(targets))
     want = -np.take_along_axis(np_log_softmax(logits), targets[..., None], -1)[..., 0]
-    m = logits.max(-1)
     np.testing.assert_allclose(nll, want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(lse, m + np.log(np.exp(logits - m[..., None]).sum(-1)), rtol=1e-6)
+    np.testing.assert_allclose(lse, np_logsumexp(logits), rtol=1e-6)
 
 
 def test_z_loss_ignores_a_padding_row_with_real_spans():
@@ -318,7 +321,7 @@ def test_z_loss_ignores_a_padding_row_with_real_spans():
     cfg = losses.LossConfig(z_loss=1e-2)
     fn = lambda x: losses.span_loss(x, batch, cfg, 2)  # noqa: E731
     (_, aux), grad = jax.jit(jax.value_and_grad(fn, has_aux=True))(jnp.asarray(logits))
-    lse = np.log(np.exp(logits.astype(np.float64)).sum(-1))
+    lse = np_logsumexp(logits)
     on = np.zeros(SPAN.shape, bool)
     on[:4, :-1] = SPAN[:4, 1:] > 0  # real rows only
     np.testing.assert_allclose(float(aux["z_loss"]), (lse[on] ** 2).mean(), rtol=1e-5)
