@@ -443,3 +443,23 @@ def test_a_huge_corrupt_length_read_without_crc_checks_is_a_truncation_not_an_al
     with pytest.raises(RecordError) as e:
         list(read_tfrecord(str(path), verify=False))
     assert e.value.reason == "tfrecord_truncated" and e.value.offset == 0
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("size", [0, 3, 9])
+def test_a_record_cut_anywhere_after_its_header_is_a_truncation_naming_the_bytes_left(tmp_path, size, verify):
+    """A file cut between a record's header and the end of its CRC footer: the reader must raise a truncation that
+    says how many bytes were left, at every cut (also right after the header, and for an empty or a short payload,
+    whose footer is as long as its data); never return a partial payload or fail with a struct or CRC error."""
+    path = tmp_path / "cut.tfrecord"
+    placed = _write(path, [b"first record", b"x" * size])
+    good = path.read_bytes()
+    start = placed[1][0]
+    assert len(good) == start + 12 + size + 4
+    for cut in range(start + 12, len(good)):
+        path.write_bytes(good[:cut])
+        with pytest.raises(RecordError) as e:
+            list(read_tfrecord(str(path), verify=verify))
+        assert (e.value.offset, e.value.reason) == (start, "tfrecord_truncated")
+        assert (f"header says {size} data bytes + 4 CRC bytes, only {cut - start - 12} left; the shard was cut "
+                "short: rewrite it") in str(e.value)
