@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import json
 import math
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -482,15 +483,38 @@ class Policy(NamedTuple):
 POLICIES: dict[str, Policy] = {}
 
 
-def _stateless(shares: Callable[[CurriculumConfig, int], Sequence[float]]) -> Policy:
-    return Policy(init=lambda cfg, n: {}, update=lambda cfg, state, *_: dict(state.policy_state),
-                  mix=lambda cfg, state, step: np.tile(shares(cfg, step), (len(state.domains), 1)))
+# Stateless policies: one (easy, medium, hard) mix per step, the same for every domain. Module-level functions, not
+# lambdas built at import, so that everything they compute runs when the scheduler is called.
 
 
-POLICIES["uniform"] = _stateless(lambda cfg, step: (1 / 3, 1 / 3, 1 / 3))
-POLICIES["hard_only"] = _stateless(lambda cfg, step: (0.0, 0.0, 1.0))
-POLICIES["fixed"] = _stateless(
-    lambda cfg, step: cfg.fixed.mixes[bisect.bisect_right(cfg.fixed.boundaries, step)])
+def _no_state(cfg: CurriculumConfig, n: int) -> dict:
+    return {}
+
+
+def _same_state(cfg: CurriculumConfig, state: CurriculumState, *_) -> dict:
+    return dict(state.policy_state)
+
+
+def _tiled(shares: Callable[[CurriculumConfig, int], Sequence[float]], cfg: CurriculumConfig,
+           state: CurriculumState, step: int) -> np.ndarray:
+    return np.tile(shares(cfg, step), (len(state.domains), 1))
+
+
+def _uniform_shares(cfg: CurriculumConfig, step: int) -> tuple[float, float, float]:
+    return (1 / 3, 1 / 3, 1 / 3)
+
+
+def _hard_only_shares(cfg: CurriculumConfig, step: int) -> tuple[float, float, float]:
+    return (0.0, 0.0, 1.0)
+
+
+def _fixed_shares(cfg: CurriculumConfig, step: int) -> tuple[float, float, float]:
+    return cfg.fixed.mixes[bisect.bisect_right(cfg.fixed.boundaries, step)]
+
+
+POLICIES["uniform"] = Policy(_no_state, _same_state, functools.partial(_tiled, _uniform_shares))
+POLICIES["hard_only"] = Policy(_no_state, _same_state, functools.partial(_tiled, _hard_only_shares))
+POLICIES["fixed"] = Policy(_no_state, _same_state, functools.partial(_tiled, _fixed_shares))
 
 
 # adaptive ----------------------------------------------------------------------------------------------------
