@@ -357,6 +357,10 @@ def update(cfg: CurriculumConfig, state: CurriculumState, step: int, loss: np.nd
     `step` the last of them; the EMAs decay by `ema_decay ** (step - state.step)`.
     """
     policy = _policy(cfg, state)
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+        raise CurriculumError(f"update at step {step!r}: the step must be an integer training step (a float step "
+                              "would be truncated, and two updates could land on the same step)")
+    step = int(step)
     loss, count = np.asarray(loss, np.float64), np.asarray(count, np.float64)
     shape = state.records.shape
     if loss.shape != shape or count.shape != shape:
@@ -371,10 +375,10 @@ def update(cfg: CurriculumConfig, state: CurriculumState, step: int, loss: np.nd
         raise CurriculumError(f"update at step {step}: non-finite loss for {bad} (or a negative count): a NaN "
                               "would poison the loss EMAs for good")
     decay = cfg.ema_decay ** (step - state.step) if state.step >= 0 else 1.0
-    fed = dataclasses.replace(state, step=int(step),
+    fed = dataclasses.replace(state, step=step,
                               loss_sum=decay * state.loss_sum + count * np.where(seen, loss, 0.0),
                               loss_weight=decay * state.loss_weight + count)
-    return dataclasses.replace(fed, policy_state=policy.update(cfg, fed, int(step), loss, count))
+    return dataclasses.replace(fed, policy_state=policy.update(cfg, fed, step, loss, count))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

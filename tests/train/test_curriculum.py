@@ -7,6 +7,7 @@ feeds `observe`d means back one step late.
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -294,6 +295,20 @@ def test_update_refuses_non_finite_losses_and_steps_that_do_not_increase():
         cur.update(cfg, state, 6, loss, count)
     count[1, 2] = 0  # a NaN with no examples is just "not observed"
     cur.update(cfg, state, 6, loss, count)
+
+
+def test_update_refuses_a_step_that_is_not_an_integer():
+    """Steps are training-step indices: a float step would be truncated (0.5 and then 0.7 both land on step 0, and
+    a domain could enter Medium and Hard in the same step), so it is refused; numpy integers are steps too."""
+    cfg = adaptive_cfg()
+    state = cur.init(cfg, RECORDS)
+    loss, count = np.ones((2, 3)), np.ones((2, 3))
+    for bad in (0.5, np.float64(3.0), True, "4"):
+        with pytest.raises(cur.CurriculumError, match=re.escape(f"update at step {bad!r}: the step must be an integer")):
+            cur.update(cfg, state, bad, loss, count)
+    state = cur.update(cfg, state, np.int64(3), loss, count)
+    assert type(state.step) is int and state.step == 3
+    assert type(json.loads(state.to_json())["step"]) is int
 
 
 def test_loss_ema_is_a_count_weighted_step_decayed_average():
