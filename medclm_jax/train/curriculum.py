@@ -111,11 +111,12 @@ class AdaptiveConfig:
         for k in ("probe", "easy_min_drop", "medium_target", "plateau_tol", "hard_start", "hard_step", "hard_max",
                   "easy_floor", "medium_floor"):
             need(0.0 <= getattr(self, k) <= 1.0, k, f"{getattr(self, k)} is not in [0, 1]")
-        need(self.medium_gap_tol >= 0.0, "medium_gap_tol", "must be >= 0")
+        need(self.medium_gap_tol >= 0.0, "medium_gap_tol", f"{self.medium_gap_tol}: must be >= 0")
         need(0 <= self.min_easy_steps <= self.max_easy_steps, "min_easy_steps",
              f"need 0 <= min_easy_steps ({self.min_easy_steps}) <= max_easy_steps ({self.max_easy_steps})")
-        need(self.max_medium_steps >= 0 and self.medium_ramp_steps >= 0, "max_medium_steps", "must be >= 0")
-        need(self.plateau_window > 0, "plateau_window", "must be > 0")
+        need(self.max_medium_steps >= 0, "max_medium_steps", f"{self.max_medium_steps}: must be >= 0")
+        need(self.medium_ramp_steps >= 0, "medium_ramp_steps", f"{self.medium_ramp_steps}: must be >= 0")
+        need(self.plateau_window > 0, "plateau_window", f"{self.plateau_window}: must be > 0")
         need(self.probe <= self.medium_target, "medium_target", f"must be >= probe ({self.probe})")
         need(self.hard_start <= self.hard_max, "hard_start", f"must be <= hard_max ({self.hard_max})")
         need(1.0 - self.probe >= self.easy_floor, "probe", f"leaves Easy below easy_floor ({self.easy_floor})")
@@ -197,8 +198,10 @@ class CurriculumConfig:
             raise CurriculumError(f"curriculum.policy {self.policy!r} is not one of {sorted(POLICIES)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise CurriculumError(f"curriculum.ema_decay {self.ema_decay}: need 0 <= decay < 1")
-        if self.update_every < 1 or self.domain_temperature < 0:
-            raise CurriculumError("curriculum.update_every must be >= 1 and domain_temperature >= 0")
+        if self.update_every < 1:
+            raise CurriculumError(f"curriculum.update_every {self.update_every}: need >= 1")
+        if self.domain_temperature < 0:
+            raise CurriculumError(f"curriculum.domain_temperature {self.domain_temperature}: need >= 0")
         if self.policy == "reference" and not (self.steps_per_epoch or 0) > 0:
             raise CurriculumError("curriculum.steps_per_epoch must be set (> 0) for policy 'reference': its "
                                   "constants are in epochs")
