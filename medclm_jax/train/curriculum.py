@@ -80,6 +80,11 @@ class CurriculumError(ValueError):
     """A config, dataset or state the scheduler cannot run with; the message names the key and what to do."""
 
 
+def _need(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise CurriculumError(f"{key}: {why}")
+
+
 # --------------------------------------------------------------------------------------------------- config
 
 
@@ -105,8 +110,7 @@ class AdaptiveConfig:
 
     def validate(self) -> None:
         def need(ok: bool, key: str, why: str) -> None:
-            if not ok:
-                raise CurriculumError(f"curriculum.adaptive.{key}: {why}")
+            _need(ok, f"curriculum.adaptive.{key}", why)
 
         for k in ("probe", "easy_min_drop", "medium_target", "plateau_tol", "hard_start", "hard_step", "hard_max",
                   "easy_floor", "medium_floor"):
@@ -168,6 +172,20 @@ class ReferenceConfig:
     hard_max: float = 0.3
     hard_init: float = 0.0
 
+    def validate(self) -> None:
+        def need(ok: bool, key: str, why: str) -> None:
+            _need(ok, f"curriculum.reference.{key}", why)
+
+        for k in ("warmup_epochs", "hard_epoch"):
+            need(getattr(self, k) >= 0, k, f"{getattr(self, k)}: must be >= 0")
+        for k in ("ramp_epochs", "gap_temperature"):  # divisors of the Medium probability
+            need(getattr(self, k) > 0, k, f"{getattr(self, k)}: must be > 0")
+        need(self.plateau_epochs >= 1, "plateau_epochs", f"{self.plateau_epochs}: must be >= 1")
+        for k in ("ema_rate", "hard_up", "hard_down", "hard_max", "hard_init"):
+            need(0.0 <= getattr(self, k) <= 1.0, k, f"{getattr(self, k)} is not in [0, 1]")
+        for k in ("plateau_eps", "rise"):
+            need(getattr(self, k) >= 0.0, k, f"{getattr(self, k)}: must be >= 0")
+
 
 @dataclasses.dataclass(frozen=True)
 class CurriculumConfig:
@@ -207,6 +225,7 @@ class CurriculumConfig:
                                   "constants are in epochs")
         self.adaptive.validate()
         self.fixed.validate()
+        self.reference.validate()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CurriculumConfig":

@@ -191,6 +191,34 @@ def test_reference_needs_steps_per_epoch_and_one_step_epochs_are_allowed():
     assert cur.CurriculumConfig(policy="reference", steps_per_epoch=1).steps_per_epoch == 1
 
 
+@pytest.mark.parametrize("key,value,why", [
+    ("ramp_epochs", 0.0, "0.0: must be > 0"), ("gap_temperature", 0.0, "0.0: must be > 0"),
+    ("gap_temperature", -0.1, "-0.1: must be > 0"), ("warmup_epochs", -1, "-1: must be >= 0"),
+    ("hard_epoch", -1, "-1: must be >= 0"), ("plateau_epochs", 0, "0: must be >= 1"),
+    ("ema_rate", 1.5, "1.5 is not in [0, 1]"), ("ema_rate", -0.1, "-0.1 is not in [0, 1]"),
+    ("hard_up", -0.05, "-0.05 is not in [0, 1]"), ("hard_down", 1.1, "1.1 is not in [0, 1]"),
+    ("hard_max", 2.0, "2.0 is not in [0, 1]"), ("hard_init", -0.5, "-0.5 is not in [0, 1]"),
+    ("plateau_eps", -0.01, "-0.01: must be >= 0"), ("rise", -0.05, "-0.05: must be >= 0"),
+])
+def test_reference_constants_are_checked_when_the_config_is_built(key, value, why):
+    """A `reference` constant the rule cannot run with is refused up front, naming the key and the value: a ramp of
+    0 epochs or a zero temperature was a bare ZeroDivisionError mid-run (at epoch warmup + 1), a rate above 1 an
+    EMA that diverges."""
+    with pytest.raises(cur.CurriculumError, match=re.escape(f"curriculum.reference.{key}: {why}")):
+        cur.CurriculumConfig(policy="reference", steps_per_epoch=10,
+                             reference=cur.ReferenceConfig(**{key: value}))
+
+
+def test_reference_constants_accept_their_edges():
+    """The authors' constants are valid; so are the edges of each range (one-epoch ramp and plateau, a rate or
+    budget of exactly 0 or 1, no warm-up, Hard from epoch 0)."""
+    for kw in (dict(), dict(ramp_epochs=1e-3, gap_temperature=1e-3, plateau_epochs=1, warmup_epochs=0, hard_epoch=0),
+               dict(ema_rate=0.0, hard_up=0.0, hard_down=0.0, hard_max=0.0, hard_init=0.0, plateau_eps=0.0, rise=0.0),
+               dict(ema_rate=1.0, hard_up=1.0, hard_down=1.0, hard_max=1.0, hard_init=1.0)):
+        cfg = cur.CurriculumConfig(policy="reference", steps_per_epoch=10, reference=cur.ReferenceConfig(**kw))
+        assert all(getattr(cfg.reference, k) == v for k, v in kw.items())
+
+
 def test_from_dict_reads_every_section_of_a_config_dict():
     """`reference` is a section like `adaptive` and `fixed`: read into a ReferenceConfig (not left a dict),
     and its unknown keys are errors that name them."""
