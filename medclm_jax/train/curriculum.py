@@ -12,8 +12,9 @@ The contract (D domains, the 3 stages of `schema.STAGES` in that order):
                  `state.domains` (sorted names by default), the batch's `domain` ids index the same order.
   `init(cfg, records)`                   -> CurriculumState
   `update(cfg, state, step, loss, count)` -> CurriculumState: `loss` f[D, 3] mean per-example loss and `count`
-                 f[D, 3] examples of training step `step` (`observe` makes both from a batch). Steps must increase;
-                 they may lag the step being trained and skip steps (the trainer may call every k steps).
+                 f[D, 3] examples of training step `step` (`observe` makes both from a batch). Steps are integers
+                 and must increase; they may lag the step being trained and skip steps (the trainer may call every
+                 k steps).
   `probabilities(cfg, state, step)`      -> Probabilities: for the batch of training step `step`, `stage` f[D, 3]
                  (each row sums to 1, or is all 0 for a domain not sampled now) and `domain` f[D] (sums to 1).
   `draw(probs, seed, step, n)`           -> (domain int[n], stage int[n]) for the pipeline: the stream is a pure
