@@ -76,9 +76,7 @@ def area_resize(grey: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """
     cv2 = opencv()
     h, w = grey.shape
-    f = 1
-    while -(-h // f) > shape[0]:
-        f *= 2
+    f = cell_for(h, 1, shape[0])  # the power-of-two cell that fits h rows in shape[0] cells
     if (-(-h // f), -(-w // f)) == tuple(shape) and (h % f or w % f):
         grey = cv2.copyMakeBorder(np.ascontiguousarray(grey), 0, shape[0] * f - h, 0, shape[1] * f - w,
                                   cv2.BORDER_REPLICATE)
